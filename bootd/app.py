@@ -1,0 +1,166 @@
+"""The composition root of `bootd serve`.
+
+Order of operations: parse the config and check it against the host; open the
+database and apply migrations; create every enabled service and let each bind
+its sockets (all of them, before any serves); tell systemd READY=1; then run
+every service, the watchdog and the signal handling under one TaskGroup.
+
+The first service to fail (or to return, which a service never should) ends
+the group: the others are cancelled, every socket is released, the database
+engine is disposed (SQLite checkpoints its WAL on the last close) and the
+process exits non-zero with one line naming the cause. SIGTERM and SIGINT end
+it the same way with exit 0; SIGHUP re-reads the config file and hands it to
+the services, keeping the running config if the new one is invalid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable, Collection
+from pathlib import Path
+
+import netifaces
+
+from bootd import __version__, logs
+from bootd.config import Config, check_host, load_config
+from bootd.db.engine import open_database
+from bootd.db.repository import Repository
+from bootd.errors import BootdError, ConfigError
+from bootd.http.server import HttpService
+from bootd.keys import SecretBox, api_token
+from bootd.logs import kv
+from bootd.sdnotify import Notifier
+from bootd.service import Service
+
+log = logging.getLogger("bootd.app")
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+class _Shutdown(Exception):
+    """Raised inside the TaskGroup to end it on a stop signal."""
+
+
+class ServiceExited(BootdError):
+    pass
+
+
+def host_interfaces() -> list[str]:
+    return list(netifaces.interfaces())
+
+
+class Daemon:
+    def __init__(self, config_path: Path, *, notifier: Notifier | None = None,
+                 interfaces: Callable[[], Collection[str]] = host_interfaces) -> None:
+        self.config_path = config_path
+        self.notifier = notifier or Notifier()
+        self._interfaces = interfaces
+        self._stop = asyncio.Event()
+        self.services: list[Service] = []
+
+    def _load(self) -> Config:
+        config = load_config(self.config_path)
+        check_host(config, self._interfaces())
+        return config
+
+    async def run(self) -> int:
+        try:
+            self.config = self._load()
+        except ConfigError as exc:
+            log.error("cannot start: %s", exc)
+            return EXIT_CONFIG
+        logs.set_level(self.config.log_level)
+        try:
+            engine = await open_database(self.config.database_url)
+        except BootdError as exc:
+            log.error("cannot start: %s", exc)
+            return EXIT_FAILURE
+        try:
+            return await self._run_with(Repository(engine, SecretBox.from_file(self.config.secret_key_file)))
+        except BootdError as exc:
+            log.error("cannot start: %s", exc)
+            return EXIT_FAILURE
+        finally:
+            await engine.dispose()
+            log.info("stopped")
+
+    async def _run_with(self, repo: Repository) -> int:
+        config = self.config
+        if config.services.http:
+            self.services.append(HttpService(config, repo, api_token(config.http.api_token_file)))
+        started: list[Service] = []
+        try:
+            for service in self.services:
+                await service.start()
+                started.append(service)
+            return await self._serve()
+        finally:
+            self.notifier.stopping()
+            for service in reversed(started):
+                try:
+                    await service.stop()
+                except (BootdError, OSError) as exc:
+                    log.warning("unclean stop", extra=kv(service=service.name, reason=str(exc)))
+
+    async def _serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        names = ", ".join(s.name for s in self.services) or "no services"
+        log.info("bootd %s serving", __version__, extra=kv(services=names, pid=os.getpid()))
+        self.notifier.ready(f"serving {names}")
+        rc = EXIT_OK
+        try:
+            async with asyncio.TaskGroup() as group:
+                for service in self.services:
+                    group.create_task(self._supervise(service), name=service.name)
+                group.create_task(self.notifier.watchdog(), name="watchdog")
+                group.create_task(self._until_stopped(), name="signals")
+        except* _Shutdown:
+            pass
+        except* BootdError as group_error:
+            for exc in group_error.exceptions:
+                log.error("stopping: %s", exc)
+            rc = EXIT_FAILURE
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        return rc
+
+    async def _supervise(self, service: Service) -> None:
+        await service.run()
+        raise ServiceExited(f"service {service.name} stopped unexpectedly")
+
+    async def _until_stopped(self) -> None:
+        await self._stop.wait()
+        raise _Shutdown
+
+    def _on_stop_signal(self, sig: signal.Signals) -> None:
+        log.info("shutting down", extra=kv(signal=sig.name))
+        self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            new = self._load()
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+        else:
+            restart = self.config.restart_needed_for(new)
+            if restart:
+                log.warning("changed keys take effect only after a restart",
+                            extra=kv(keys=",".join(restart)))
+            logs.set_level(new.log_level)
+            for service in self.services:
+                service.reconfigure(new)
+            self.config = new
+            log.info("configuration reloaded", extra=kv(config=str(self.config_path)))
+        self.notifier.ready("serving " + ", ".join(s.name for s in self.services))
+

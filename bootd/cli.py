@@ -1,0 +1,231 @@
+"""The `bootd` command: argv -> config -> action.
+
+Every error a user can cause ends as one line on stderr, `bootd: error: ...`,
+and a non-zero exit: 2 for a bad command line or config file, 1 for anything
+else (a missing node, a taken MAC, an unreachable database).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bootd import __version__, logs
+from bootd.app import EXIT_CONFIG, EXIT_FAILURE, Daemon
+from bootd.config import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, Config, load_config
+from bootd.db.engine import open_database
+from bootd.db.records import NewNode, NodeRecord
+from bootd.db.repository import Repository
+from bootd.errors import BootdError, ConfigError, InvalidInput
+from bootd.http.api import node_json
+from bootd.keys import SecretBox
+
+T = TypeVar("T")
+ACTOR = "cli"
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="PATH",
+                        help=f"config file (default: $BOOTD_CONFIG or {DEFAULT_CONFIG_PATH})")
+    p = argparse.ArgumentParser(prog="bootd", parents=[common],
+                                description="Network-boot appliance daemon.")
+    p.add_argument("--version", action="version", version=f"bootd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    init = sub.add_parser("init", parents=[common], help="write a config for an interface's subnet")
+    init.add_argument("--interface", required=True, metavar="IF")
+    init.add_argument("--output", type=Path, metavar="PATH",
+                      help="where to write (default: --config, else the default config path)")
+    init.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    sub.add_parser("serve", parents=[common], help="run the daemon")
+    sub.add_parser("check", parents=[common], help="validate the config file and exit")
+
+    nodes = sub.add_parser("nodes", parents=[common], help="the node inventory")
+    nsub = nodes.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ls = nsub.add_parser("list", parents=[common], help="list nodes")
+    ls.add_argument("--json", action="store_true")
+    show = nsub.add_parser("show", parents=[common], help="one node and its recent events")
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true")
+    add = nsub.add_parser("add", parents=[common], help="register a node before it boots")
+    add.add_argument("name")
+    add.add_argument("--mac", action="append", default=[], help="NIC MAC (repeat; first boots)")
+    add.add_argument("--ip", type=str, help="admin address, inside a subnet's static_range")
+    add.add_argument("--rack")
+    add.add_argument("--profile", help="OS profile to install")
+    add.add_argument("--bmc-address")
+    add.add_argument("--bmc-user")
+    add.add_argument("--bmc-password-file", type=Path, metavar="FILE",
+                     help="file holding the BMC password ('-' for stdin)")
+    add.add_argument("--json", action="store_true")
+    delete = nsub.add_parser("delete", parents=[common], help="remove a node (its events stay)")
+    delete.add_argument("name")
+    return p
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    path: Path | None = getattr(args, "config", None)
+    return path or Path(os.environ.get("BOOTD_CONFIG", str(DEFAULT_CONFIG_PATH)))
+
+
+async def _with_repo(config: Config, action: Callable[[Repository], Awaitable[T]]) -> T:
+    engine = await open_database(config.database_url)
+    try:
+        return await action(Repository(engine, SecretBox.from_file(config.secret_key_file)))
+    finally:
+        await engine.dispose()
+
+
+def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    lines = [header, *rows]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+                     for line in lines)
+
+
+def _node_row(n: NodeRecord) -> list[str]:
+    return [n.name, n.state.value, "yes" if n.allocated else "no", n.profile or "-",
+            str(n.admin_ip or "-"), n.rack or "-", ",".join(i.mac for i in n.interfaces) or "-"]
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _read_password(path: Path) -> str:
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read BMC password from {path}: {exc.strerror}") from None
+    password = text.rstrip("\r\n")
+    if not password:
+        raise InvalidInput("the BMC password is empty")
+    return password
+
+
+def _admin_ip(config: Config, text: str | None) -> IPv4Address | None:
+    if text is None:
+        return None
+    try:
+        ip = IPv4Address(text)
+    except ValueError:
+        raise InvalidInput(f"--ip: {text!r} is not an IPv4 address") from None
+    subnet = config.subnet_for(ip)
+    if subnet is None or subnet.static_range is None or ip not in subnet.static_range:
+        raise InvalidInput(f"--ip: {ip} is not inside the static_range of a configured subnet")
+    return ip
+
+
+async def _nodes(args: argparse.Namespace, config: Config) -> int:
+    if args.action == "list":
+        nodes = await _with_repo(config, lambda r: r.list_nodes())
+        if args.json:
+            _print_json({"nodes": [node_json(n) for n in nodes]})
+        elif nodes:
+            print(_table([_node_row(n) for n in nodes],
+                         ["NAME", "STATE", "ALLOCATED", "PROFILE", "IP", "RACK", "MACS"]))
+        else:
+            print("no nodes")
+    elif args.action == "show":
+        async def show(r: Repository) -> tuple[NodeRecord, list[Any]]:
+            return await r.get_node(args.name), await r.events(args.name, limit=20)
+        node, events = await _with_repo(config, show)
+        if args.json:
+            _print_json({**node_json(node), "events": [
+                {"at": e.at.isoformat(), "kind": e.kind, "from": e.from_state, "to": e.to_state,
+                 "actor": e.actor, "message": e.message} for e in events]})
+        else:
+            _print_node(node, events)
+    elif args.action == "add":
+        if bool(args.bmc_address) != bool(args.bmc_user) or (
+                args.bmc_address and not args.bmc_password_file):
+            raise InvalidInput("--bmc-address, --bmc-user and --bmc-password-file go together")
+        spec = NewNode(args.name, tuple(args.mac), args.profile, _admin_ip(config, args.ip), args.rack)
+        password = _read_password(args.bmc_password_file) if args.bmc_address else None
+
+        async def add(r: Repository) -> NodeRecord:
+            node = await r.add_node(spec, actor=ACTOR)
+            if password is not None:
+                node = await r.set_bmc(node.name, args.bmc_address, args.bmc_user, password,
+                                       actor=ACTOR)
+            return node
+        node = await _with_repo(config, add)
+        if args.json:
+            _print_json(node_json(node))
+        else:
+            print(f"added node {node.name} ({node.state.value})")
+    elif args.action == "delete":
+        await _with_repo(config, lambda r: r.delete_node(args.name, actor=ACTOR))
+        print(f"deleted node {args.name}")
+    return 0
+
+
+def _print_node(node: NodeRecord, events: Sequence[Any]) -> None:
+    fields = [("name", node.name), ("state", node.state.value),
+              ("allocated", "yes" if node.allocated else "no"), ("profile", node.profile or "-"),
+              ("admin ip", str(node.admin_ip or "-")), ("rack", node.rack or "-"),
+              ("location", node.location or "-"),
+              ("bmc", f"{node.bmc.address} (user {node.bmc.username})" if node.bmc else "-"),
+              ("created", node.created_at.isoformat(timespec="seconds")),
+              ("state since", node.state_changed_at.isoformat(timespec="seconds"))]
+    for key, value in fields:
+        print(f"{key + ':':13}{value}")
+    for iface in node.interfaces:
+        print(f"{'interface:':13}{iface.mac}{' (boot)' if iface.is_boot else ''}")
+    if events:
+        print("events:")
+        table = _table([[e.at.isoformat(timespec="seconds"), e.kind,
+                         f"{e.from_state or '-'} -> {e.to_state or '-'}", e.actor, e.message]
+                        for e in events], ["AT", "KIND", "STATE", "BY", "MESSAGE"])
+        print("\n".join("  " + line for line in table.splitlines()))
+
+
+def _init(args: argparse.Namespace) -> int:
+    from bootd import initconf
+
+    output = args.output or _config_path(args)
+    state_dir = args.state_dir if args.state_dir.is_absolute() else args.state_dir.absolute()
+    found = initconf.detect(args.interface)
+    initconf.write(output, initconf.render(found, state_dir), force=args.force)
+    print(f"wrote {output}: admin address {found.address}, subnet {found.network}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # The database holds node tokens and the state directory the key that seals
+    # BMC passwords: nothing bootd creates is for other users.
+    os.umask(0o077)
+    logs.setup("info")
+    try:
+        if args.command == "init":
+            return _init(args)
+        if args.command == "serve":
+            return asyncio.run(Daemon(_config_path(args)).run())
+        config = load_config(_config_path(args))
+        if args.command == "check":
+            print(f"{config.source}: ok ({len(config.subnets)} subnet(s))")
+            return 0
+        return asyncio.run(_nodes(args, config))
+    except ConfigError as exc:
+        print(f"bootd: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except BootdError as exc:
+        print(f"bootd: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""Configuration: one TOML file, parsed once into frozen dataclasses.
+
+Theory of operation: `parse_config` turns the text into a `Config` or raises a
+`ConfigError` that names the file, the dotted key and what is wrong. It is pure
+(no sockets, no filesystem besides reading the file in `load_config`), so every
+rule is tested from strings. Facts about the host (which interfaces exist) are
+checked separately by `check_host`, which `bootd serve` calls and the offline
+CLI commands do not need.
+
+Unknown keys are errors, not warnings: a misspelt `dynamic_pool` silently
+ignored would leave a rack without addresses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bootd.errors import ConfigError, InvalidInput
+from bootd.model.names import dns_domain
+
+DEFAULT_CONFIG_PATH = Path("/etc/bootd/bootd.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/bootd")
+DEFAULT_HTTP_PORT = 8080
+DEFAULT_LEASE_TIME = 3600
+# RFC 2131 does not bound lease times, but a lease longer than a week on a
+# provisioning network only delays the reuse of addresses of removed nodes.
+MIN_LEASE_TIME, MAX_LEASE_TIME = 60, 7 * 24 * 3600
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class AddressRange:
+    """An inclusive range of IPv4 addresses, written "first-last" in the file."""
+
+    first: IPv4Address
+    last: IPv4Address
+
+    def __contains__(self, address: object) -> bool:
+        return isinstance(address, IPv4Address) and self.first <= address <= self.last
+
+    def __iter__(self) -> Iterator[IPv4Address]:
+        for n in range(int(self.first), int(self.last) + 1):
+            yield IPv4Address(n)
+
+    def __len__(self) -> int:
+        return int(self.last) - int(self.first) + 1
+
+    def overlaps(self, other: AddressRange) -> bool:
+        return self.first <= other.last and other.first <= self.last
+
+    def __str__(self) -> str:
+        return f"{self.first}-{self.last}"
+
+
+@dataclass(frozen=True)
+class Subnet:
+    cidr: IPv4Network
+    router: IPv4Address | None
+    dns_servers: tuple[IPv4Address, ...]
+    domain: str | None
+    lease_time: int
+    dynamic_pool: AddressRange | None
+    static_range: AddressRange | None
+    bmc_range: AddressRange | None
+
+    def ranges(self) -> Iterator[tuple[str, AddressRange]]:
+        for name in ("dynamic_pool", "static_range", "bmc_range"):
+            value = getattr(self, name)
+            if value is not None:
+                yield name, value
+
+
+@dataclass(frozen=True)
+class Services:
+    dhcp: bool = True
+    tftp: bool = True
+    http: bool = True
+    dns: bool = True
+
+    @property
+    def needs_interfaces(self) -> bool:
+        return self.dhcp or self.tftp or self.dns
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    host: str
+    port: int
+    api_token_file: Path
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    admin_address: IPv4Address
+    interfaces: tuple[str, ...]
+    state_dir: Path
+    database_url: str
+    log_level: str
+    services: Services
+    http: HttpConfig
+    subnets: tuple[Subnet, ...] = field(default_factory=tuple)
+
+    @property
+    def secret_key_file(self) -> Path:
+        return self.state_dir / "secret.key"
+
+    def subnet_for(self, address: IPv4Address) -> Subnet | None:
+        return next((s for s in self.subnets if address in s.cidr), None)
+
+    def restart_needed_for(self, new: Config) -> list[str]:
+        """Keys whose change takes effect only after a restart (sockets, database)."""
+        keys = []
+        if new.interfaces != self.interfaces:
+            keys.append("server.interfaces")
+        if new.admin_address != self.admin_address:
+            keys.append("server.admin_address")
+        if new.state_dir != self.state_dir:
+            keys.append("server.state_dir")
+        if new.database_url != self.database_url:
+            keys.append("server.database_url")
+        if new.services != self.services:
+            keys.append("services")
+        if (new.http.host, new.http.port) != (self.http.host, self.http.port):
+            keys.append("http.listen")
+        return keys
+
+
+class _Table:
+    """A TOML table read key by key, remembering the dotted path for errors."""
+
+    def __init__(self, source: str, path: str, data: object) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(source, path, f"must be a table, not {_kind(data)}")
+        self.source, self.path, self.data = source, path, data
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def error(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self.source, self.key(name), problem)
+
+    def get(self, name: str, kind: type[T], default: T) -> T:
+        value = self.opt(name, kind)
+        return default if value is None else value
+
+    def opt(self, name: str, kind: type[T], *, required: bool = False) -> T | None:
+        self.used.add(name)
+        if name not in self.data:
+            if required:
+                raise self.error(name, "is required")
+            return None
+        value = self.data[name]
+        # bool is a subclass of int; `lease_time = true` must not pass as 1.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(name, f"must be {_kind_name(kind)}, not {_kind(value)}")
+        return value
+
+    def parse(self, name: str, parser: Any, *, required: bool = False) -> Any:
+        text = self.opt(name, str, required=required)
+        if text is None:
+            return None
+        try:
+            return parser(text)
+        except (ValueError, InvalidInput) as exc:
+            raise self.error(name, str(exc)) from None
+
+    def table(self, name: str) -> _Table:
+        self.used.add(name)
+        return _Table(self.source, self.key(name), self.data.get(name, {}))
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise self.error(unknown[0], "unknown key")
+
+
+def _kind(value: object) -> str:
+    return {dict: "a table", list: "an array", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a float"}.get(type(value), type(value).__name__)
+
+
+def _kind_name(kind: type) -> str:
+    return {dict: "a table", list: "an array", str: "a string", bool: "a boolean (true/false)",
+            int: "an integer"}.get(kind, kind.__name__)
+
+
+def _ipv4(text: str) -> IPv4Address:
+    try:
+        return IPv4Address(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 address") from None
+
+
+def _network(text: str) -> IPv4Network:
+    try:
+        return IPv4Network(text.strip(), strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not an IPv4 network in CIDR form ({exc})") from None
+
+
+def _range(text: str) -> AddressRange:
+    first, sep, last = text.partition("-")
+    if not sep:
+        raise ValueError(f"{text!r} is not a range; write it as first-last, e.g. 198.18.0.100-198.18.0.199")
+    start, end = _ipv4(first), _ipv4(last)
+    if start > end:
+        raise ValueError(f"range {text!r} ends before it starts")
+    return AddressRange(start, end)
+
+
+def _listen(text: str, default_host: str) -> tuple[str, int]:
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = text, str(DEFAULT_HTTP_PORT)
+    host = host.strip("[]") or default_host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{port_text!r} is not a TCP port")
+    return host, int(port_text)
+
+
+def _database_url(text: str) -> str:
+    if not text.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+    return text
+
+
+def _subnet(table: _Table, admin: IPv4Address) -> Subnet:
+    cidr: IPv4Network = table.parse("cidr", _network, required=True)
+    if cidr.prefixlen > 29:
+        raise table.error("cidr", f"{cidr} is too small to serve (at most /29)")
+    router = table.parse("router", _ipv4)
+    if router is not None and router not in cidr:
+        raise table.error("router", f"{router} is outside subnet {cidr}")
+    dns_list = table.get("dns_servers", list, [])
+    dns: list[IPv4Address] = []
+    for i, item in enumerate(dns_list):
+        if not isinstance(item, str):
+            raise table.error(f"dns_servers[{i}]", f"must be a string, not {_kind(item)}")
+        try:
+            dns.append(_ipv4(item))
+        except ValueError as exc:
+            raise table.error(f"dns_servers[{i}]", str(exc)) from None
+    domain = table.parse("domain", dns_domain)
+    lease_time = table.get("lease_time", int, DEFAULT_LEASE_TIME)
+    if not MIN_LEASE_TIME <= lease_time <= MAX_LEASE_TIME:
+        raise table.error("lease_time", f"must be between {MIN_LEASE_TIME} and {MAX_LEASE_TIME} seconds")
+    ranges: dict[str, AddressRange | None] = {}
+    for name in ("dynamic_pool", "static_range", "bmc_range"):
+        rng: AddressRange | None = table.parse(name, _range)
+        ranges[name] = rng
+        if rng is None:
+            continue
+        # RFC 950: the all-zeros and all-ones host numbers are not host addresses.
+        usable_first, usable_last = cidr.network_address + 1, cidr.broadcast_address - 1
+        if rng.first not in cidr or rng.last not in cidr:
+            raise table.error(name, f"{rng} is outside subnet {cidr}")
+        if rng.first < usable_first or rng.last > usable_last:
+            raise table.error(name, f"{rng} includes the network or broadcast address of {cidr}")
+        for what, addr in (("admin address", admin), ("router", router)):
+            if addr is not None and addr in rng:
+                raise table.error(name, f"{rng} contains the {what} {addr}")
+    present = [(n, r) for n, r in ranges.items() if r is not None]
+    for i, (a, ra) in enumerate(present):
+        for b, rb in present[i + 1 :]:
+            if ra.overlaps(rb):
+                raise table.error(b, f"{rb} overlaps {a} {ra}")
+    table.finish()
+    return Subnet(cidr, router, tuple(dns), domain, lease_time, ranges["dynamic_pool"],
+                  ranges["static_range"], ranges["bmc_range"])
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "", f"not valid TOML: {exc}") from None
+    root = _Table(source, "", data)
+
+    server = root.table("server")
+    admin: IPv4Address = server.parse("admin_address", _ipv4, required=True)
+    interfaces_raw = server.get("interfaces", list, [])
+    interfaces: list[str] = []
+    for i, name in enumerate(interfaces_raw):
+        if not isinstance(name, str) or not name or len(name) > 15 or "/" in name or name.strip() != name:
+            raise server.error(f"interfaces[{i}]", f"{name!r} is not an interface name")
+        if name in interfaces:
+            raise server.error(f"interfaces[{i}]", f"{name} is listed twice")
+        interfaces.append(name)
+    state_dir_text = server.get("state_dir", str, str(DEFAULT_STATE_DIR))
+    state_dir = Path(state_dir_text)
+    if not state_dir.is_absolute():
+        raise server.error("state_dir", f"{state_dir_text!r} must be an absolute path")
+    db_url = server.parse("database_url", _database_url) or f"sqlite+aiosqlite:///{state_dir / 'bootd.db'}"
+    log_level = server.get("log_level", str, "info")
+    if log_level not in LOG_LEVELS:
+        raise server.error("log_level", f"{log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    server.finish()
+
+    services_t = root.table("services")
+    services = Services(**{n: services_t.get(n, bool, True) for n in ("dhcp", "tftp", "http", "dns")})
+    services_t.finish()
+    if services.needs_interfaces and not interfaces:
+        raise server.error("interfaces", "is required when dhcp, tftp or dns is enabled")
+
+    http_t = root.table("http")
+    try:
+        host, port = _listen(http_t.get("listen", str, f"{admin}:{DEFAULT_HTTP_PORT}"), str(admin))
+    except ValueError as exc:
+        raise http_t.error("listen", str(exc)) from None
+    token_text = http_t.get("api_token_file", str, str(state_dir / "api-token"))
+    if not Path(token_text).is_absolute():
+        raise http_t.error("api_token_file", f"{token_text!r} must be an absolute path")
+    http_t.finish()
+
+    subnets_raw = root.get("subnets", list, [])
+    subnets = [_subnet(_Table(source, f"subnets[{i}]", item), admin) for i, item in enumerate(subnets_raw)]
+    _check_subnets_disjoint(source, subnets)
+    root.finish()
+    return Config(source, admin, tuple(interfaces), state_dir, db_url, log_level, services,
+                  HttpConfig(host, port, Path(token_text)), tuple(subnets))
+
+
+def _check_subnets_disjoint(source: str, subnets: list[Subnet]) -> None:
+    for i, a in enumerate(subnets):
+        for j in range(i + 1, len(subnets)):
+            if a.cidr.overlaps(subnets[j].cidr):
+                raise ConfigError(source, f"subnets[{j}].cidr",
+                                  f"{subnets[j].cidr} overlaps subnets[{i}] {a.cidr}")
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), "", "no such file (create one with `bootd init`)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc}") from None
+    return parse_config(text, str(path))
+
+
+def check_host(config: Config, interfaces: Collection[str]) -> None:
+    """Host facts that a config cannot know: the interfaces it names must exist."""
+    for i, name in enumerate(config.interfaces):
+        if name not in interfaces:
+            raise ConfigError(config.source, f"server.interfaces[{i}]",
+                              f"no interface named {name!r} on this host")

@@ -1,0 +1,240 @@
+"""The repository: every read and write of the inventory goes through here.
+
+It is the only writer of node state. Each public method is one transaction;
+writes open theirs with the WRITE option (BEGIN IMMEDIATE on SQLite, see
+engine.py). Every change to a node appends a row to its event log in the same
+transaction, so the log and the state can never disagree.
+
+Uniqueness (name, MAC, admin IP, lease IP) is checked inside the transaction
+for a clear message, and the database's unique constraints catch the races;
+both end as `Conflict`.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from ipaddress import IPv4Address
+
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from bootd.db import schema as t
+from bootd.db.engine import WRITE
+from bootd.db.records import (
+    BmcCredentials,
+    BmcRecord,
+    EventRecord,
+    InterfaceRecord,
+    LeaseRecord,
+    LeaseState,
+    NewNode,
+    NodeRecord,
+)
+from bootd.errors import Conflict, DatabaseUnavailable, NotFound
+from bootd.keys import SecretBox, new_node_token
+from bootd.model.names import mac_address, node_name
+from bootd.model.states import NodeState
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Repository:
+    def __init__(self, engine: AsyncEngine, secrets: SecretBox, clock: Clock = utcnow) -> None:
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._secrets = secrets
+        self._clock = clock
+
+    @asynccontextmanager
+    async def _tx(self, *, write: bool) -> AsyncIterator[AsyncSession]:
+        try:
+            async with self._sessions() as session, session.begin():
+                if write:  # procure the connection with WRITE before its BEGIN is sent
+                    await session.connection(execution_options={WRITE: True})
+                yield session
+        except IntegrityError as exc:
+            raise Conflict(f"conflicts with existing inventory: {exc.orig}") from None
+        except SQLAlchemyError as exc:
+            raise DatabaseUnavailable(f"inventory database error: {type(exc).__name__}: {exc}") from None
+
+    # -- nodes -------------------------------------------------------------
+
+    async def add_node(self, spec: NewNode, *, actor: str) -> NodeRecord:
+        name = node_name(spec.name)
+        macs = [mac_address(m) for m in spec.macs]
+        if len(set(macs)) != len(macs):
+            raise Conflict(f"node {name}: a MAC address is listed twice")
+        now = self._clock()
+        async with self._tx(write=True) as s:
+            if await s.scalar(select(t.Node.id).where(t.Node.name == name)) is not None:
+                raise Conflict(f"a node named {name} already exists")
+            for mac in macs:
+                owner = await s.scalar(
+                    select(t.Node.name).join(t.Interface).where(t.Interface.mac == mac))
+                if owner is not None:
+                    raise Conflict(f"MAC {mac} already belongs to node {owner}")
+            if spec.admin_ip is not None:
+                owner = await s.scalar(select(t.Node.name).where(t.Node.admin_ip == str(spec.admin_ip)))
+                if owner is not None:
+                    raise Conflict(f"address {spec.admin_ip} is already reserved for node {owner}")
+            node = t.Node(
+                name=name, state=spec.state.value, allocated=False, profile=spec.profile,
+                admin_ip=None if spec.admin_ip is None else str(spec.admin_ip), rack=spec.rack,
+                location=None, token=new_node_token(), created_at=now, updated_at=now,
+                state_changed_at=now, bmc=None,
+                interfaces=[t.Interface(mac=m, is_boot=(i == 0)) for i, m in enumerate(macs)],
+            )
+            s.add(node)
+            await s.flush()
+            self._event(s, node, "created", None, spec.state, actor, f"macs={','.join(macs) or '-'}")
+            return _node_record(node)
+
+    async def get_node(self, name: str) -> NodeRecord:
+        async with self._tx(write=False) as s:
+            return _node_record(await self._load(s, name))
+
+    async def find_node_by_mac(self, mac: str) -> NodeRecord | None:
+        mac = mac_address(mac)
+        async with self._tx(write=False) as s:
+            node = await s.scalar(select(t.Node).join(t.Interface).where(t.Interface.mac == mac))
+            return None if node is None else _node_record(node)
+
+    async def list_nodes(self) -> list[NodeRecord]:
+        async with self._tx(write=False) as s:
+            rows = await s.scalars(select(t.Node).order_by(t.Node.name))
+            return [_node_record(n) for n in rows]
+
+    async def delete_node(self, name: str, *, actor: str) -> None:
+        async with self._tx(write=True) as s:
+            node = await self._load(s, name)
+            self._event(s, node, "deleted", NodeState(node.state), None, actor, "")
+            await s.flush()
+            await s.delete(node)
+
+    async def verify_token(self, name: str, token: str) -> bool:
+        """Constant-time check of a node's own callback token."""
+        async with self._tx(write=False) as s:
+            stored = await s.scalar(select(t.Node.token).where(t.Node.name == name))
+        return stored is not None and hmac.compare_digest(stored.encode(), token.encode())
+
+    async def node_token(self, name: str) -> str:
+        """For rendering the node's own boot script only; never for listings."""
+        async with self._tx(write=False) as s:
+            return (await self._load(s, name)).token
+
+    async def events(self, name: str, limit: int = 1000) -> list[EventRecord]:
+        async with self._tx(write=False) as s:
+            rows = await s.scalars(
+                select(t.Event).where(t.Event.node_name == name)
+                .order_by(t.Event.id.desc()).limit(limit))
+            return [_event_record(e) for e in reversed(list(rows))]
+
+    # -- BMCs ----------------------------------------------------------------
+
+    async def set_bmc(self, name: str, address: str, username: str, password: str, *,
+                      actor: str) -> NodeRecord:
+        sealed = self._secrets.seal(password)
+        now = self._clock()
+        async with self._tx(write=True) as s:
+            node = await self._load(s, name)
+            if node.bmc is None:
+                node.bmc = t.Bmc(address=address, username=username,
+                                 password_encrypted=sealed, updated_at=now)
+            else:
+                node.bmc.address, node.bmc.username = address, username
+                node.bmc.password_encrypted, node.bmc.updated_at = sealed, now
+            node.updated_at = now
+            # The event names the BMC, never the password.
+            self._event(s, node, "bmc-set", None, None, actor, f"address={address} user={username}")
+            await s.flush()
+            return _node_record(node)
+
+    async def bmc_credentials(self, name: str) -> BmcCredentials:
+        async with self._tx(write=False) as s:
+            node = await self._load(s, name)
+            if node.bmc is None:
+                raise NotFound(f"node {name} has no BMC")
+            return BmcCredentials(node.bmc.address, node.bmc.username,
+                                  self._secrets.open(node.bmc.password_encrypted))
+
+    # -- leases --------------------------------------------------------------
+
+    async def put_lease(self, lease: LeaseRecord) -> None:
+        """Insert or replace the lease of lease.ip (durable when this returns)."""
+        async with self._tx(write=True) as s:
+            row = await s.scalar(select(t.Lease).where(t.Lease.ip == str(lease.ip)))
+            if row is None:
+                row = t.Lease(ip=str(lease.ip))
+                s.add(row)
+            row.mac, row.client_id, row.state = mac_address(lease.mac), lease.client_id, lease.state.value
+            row.expires_at, row.hostname, row.updated_at = lease.expires_at, lease.hostname, self._clock()
+
+    async def get_lease(self, ip: IPv4Address) -> LeaseRecord | None:
+        async with self._tx(write=False) as s:
+            row = await s.scalar(select(t.Lease).where(t.Lease.ip == str(ip)))
+            return None if row is None else _lease_record(row)
+
+    async def list_leases(self) -> list[LeaseRecord]:
+        async with self._tx(write=False) as s:
+            rows = await s.scalars(select(t.Lease).order_by(t.Lease.id))
+            return sorted((_lease_record(r) for r in rows), key=lambda r: int(r.ip))
+
+    async def delete_lease(self, ip: IPv4Address) -> None:
+        async with self._tx(write=True) as s:
+            row = await s.scalar(select(t.Lease).where(t.Lease.ip == str(ip)))
+            if row is None:
+                raise NotFound(f"no lease for {ip}")
+            await s.delete(row)
+
+    # -- health --------------------------------------------------------------
+
+    async def ping(self) -> None:
+        async with self._tx(write=False) as s:
+            await s.execute(text("SELECT 1"))
+
+    # -- helpers -------------------------------------------------------------
+
+    async def _load(self, s: AsyncSession, name: str) -> t.Node:
+        node = await s.scalar(select(t.Node).where(t.Node.name == name.lower()))
+        if node is None:
+            raise NotFound(f"no node named {name!r}")
+        return node
+
+    def _event(self, s: AsyncSession, node: t.Node, kind: str, from_state: NodeState | None,
+               to_state: NodeState | None, actor: str, message: str) -> None:
+        s.add(t.Event(node_id=node.id, node_name=node.name, at=self._clock(), kind=kind,
+                      from_state=None if from_state is None else from_state.value,
+                      to_state=None if to_state is None else to_state.value,
+                      actor=actor, message=message))
+
+
+def _node_record(n: t.Node) -> NodeRecord:
+    ifaces: Sequence[t.Interface] = n.interfaces
+    return NodeRecord(
+        name=n.name, state=NodeState(n.state), allocated=n.allocated, profile=n.profile,
+        admin_ip=None if n.admin_ip is None else IPv4Address(n.admin_ip), rack=n.rack,
+        location=n.location,
+        interfaces=tuple(InterfaceRecord(i.mac, i.is_boot) for i in ifaces),
+        bmc=None if n.bmc is None else BmcRecord(n.bmc.address, n.bmc.username),
+        created_at=n.created_at, updated_at=n.updated_at, state_changed_at=n.state_changed_at,
+    )
+
+
+def _event_record(e: t.Event) -> EventRecord:
+    return EventRecord(
+        id=e.id, node_name=e.node_name, at=e.at, kind=e.kind,
+        from_state=None if e.from_state is None else NodeState(e.from_state),
+        to_state=None if e.to_state is None else NodeState(e.to_state),
+        actor=e.actor, message=e.message)
+
+
+def _lease_record(r: t.Lease) -> LeaseRecord:
+    return LeaseRecord(ip=IPv4Address(r.ip), mac=r.mac, state=LeaseState(r.state),
+                       expires_at=r.expires_at, client_id=r.client_id, hostname=r.hostname)

@@ -1,0 +1,140 @@
+"""Tables of the inventory (SQLAlchemy 2 declarative).
+
+The same schema runs on SQLite and PostgreSQL, so types stay portable: MACs and
+IPs are canonical strings, times are timezone-aware UTC, enums are stored as
+their string values with CHECK-free columns (a new state must not need a table
+rewrite on SQLite). Alembic migrations in migrations/versions must match this
+module; a test compares them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Deterministic constraint names, so migrations can address them on both backends.
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on both backends (SQLite keeps no zone; it comes back naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime stored in the inventory")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    state: Mapped[str] = mapped_column(String(32))
+    allocated: Mapped[bool] = mapped_column(Boolean, default=False)
+    profile: Mapped[str | None] = mapped_column(String(64))
+    admin_ip: Mapped[str | None] = mapped_column(String(15), unique=True)
+    rack: Mapped[str | None] = mapped_column(String(64))
+    location: Mapped[str | None] = mapped_column(String(255))
+    # Per-node secret that authenticates the node's own callbacks. Random, 256 bits.
+    token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    state_changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    interfaces: Mapped[list[Interface]] = relationship(
+        back_populates="node", cascade="all, delete-orphan", lazy="selectin",
+        order_by="Interface.id")
+    bmc: Mapped[Bmc | None] = relationship(
+        back_populates="node", cascade="all, delete-orphan", lazy="selectin")
+
+
+class Interface(Base):
+    __tablename__ = "interfaces"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
+    mac: Mapped[str] = mapped_column(String(17), unique=True)
+    is_boot: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    node: Mapped[Node] = relationship(back_populates="interfaces")
+
+
+class Lease(Base):
+    __tablename__ = "leases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ip: Mapped[str] = mapped_column(String(15), unique=True)
+    mac: Mapped[str] = mapped_column(String(17), index=True)
+    client_id: Mapped[str | None] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16))
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    hostname: Mapped[str | None] = mapped_column(String(255))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class Bmc(Base):
+    __tablename__ = "bmcs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), unique=True)
+    address: Mapped[str] = mapped_column(String(255))
+    username: Mapped[str] = mapped_column(String(64))
+    # Fernet token (AES-128-CBC + HMAC-SHA256) under the key in the state directory.
+    password_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    node: Mapped[Node] = relationship(back_populates="bmc")
+
+
+class Event(Base):
+    """Append-only: rows are inserted, never updated. They outlive their node
+    (node_id is set NULL on delete; node_name keeps the history readable)."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_node_name_id", "node_name", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", ondelete="SET NULL"))
+    node_name: Mapped[str] = mapped_column(String(63))
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    kind: Mapped[str] = mapped_column(String(32))
+    from_state: Mapped[str | None] = mapped_column(String(32))
+    to_state: Mapped[str | None] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text, default="")

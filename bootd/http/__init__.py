@@ -1,0 +1,1 @@
+"""HTTP: health, the JSON API, boot scripts and files (thin aiohttp handlers)."""

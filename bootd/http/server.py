@@ -1,0 +1,106 @@
+"""The HTTP service: one aiohttp application on the configured listen address.
+
+Errors are translated here, at the edge (STYLE 7): NotFound -> 404, Conflict ->
+409, InvalidInput -> 400, an unavailable database -> 503, each as JSON
+{"error": "..."}; aiohttp's own 404/405 get the same shape. Everything under
+/api/ needs `Authorization: Bearer <token>` (the token file in the state
+directory); /healthz does not, so a load balancer or systemd can probe it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from bootd.config import Config
+from bootd.db.repository import Repository
+from bootd.errors import Conflict, DatabaseUnavailable, InvalidInput, NotFound
+from bootd.http import api
+from bootd.logs import kv
+from bootd.service import BindError
+
+log = logging.getLogger("bootd.http")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+TOKEN = web.AppKey("api_token", str)
+STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 400, DatabaseUnavailable: 503}
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, exc.reason)
+    except (NotFound, Conflict, InvalidInput, DatabaseUnavailable) as exc:
+        status = STATUS[type(exc)]
+        if status >= 500:
+            log.error("request failed", extra=kv(path=request.path, reason=str(exc)))
+        return _error(status, str(exc))
+
+
+@web.middleware
+async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith("/api/"):
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        expected = request.app[TOKEN]
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
+                                                                 expected.encode()):
+            log.info("API request refused", extra=kv(peer=request.remote, path=request.path,
+                                                     reason="missing or wrong bearer token"))
+            resp = _error(401, "missing or wrong API token (Authorization: Bearer <token>)")
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="bootd"'
+            return resp
+    return await handler(request)
+
+
+def build_app(repo: Repository, api_token: str) -> web.Application:
+    app = web.Application(middlewares=[errors, auth], client_max_size=1024**2)
+    app[api.REPO] = repo
+    app[TOKEN] = api_token
+    app.add_routes(api.routes())
+    return app
+
+
+class HttpService:
+    name = "http"
+
+    def __init__(self, config: Config, repo: Repository, api_token: str) -> None:
+        self._host, self._port = config.http.host, config.http.port
+        self._runner = web.AppRunner(build_app(repo, api_token), access_log=None)
+        self._site: web.TCPSite | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        # In-flight requests get this long to finish at shutdown.
+        self._site = web.TCPSite(self._runner, self._host, self._port, shutdown_timeout=10.0,
+                                 reuse_address=True)
+        try:
+            await self._site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise BindError(f"HTTP cannot listen on {self.address}: {exc.strerror}") from None
+        log.info("listening", extra=kv(address=self.address))
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+    def reconfigure(self, config: Config) -> None:
+        pass  # nothing in [http] besides the listen address, which needs a restart

@@ -1,0 +1,172 @@
+"""Config parsing: one table of broken files, each naming the key and the problem."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from bootd.config import AddressRange, check_host, load_config, parse_config
+from bootd.errors import ConfigError
+
+GOOD = """\
+[server]
+admin_address = "198.18.0.1"
+interfaces = ["eth1"]
+state_dir = "/srv/bootd"
+
+[http]
+listen = "198.18.0.1:8081"
+
+[[subnets]]
+cidr = "198.18.0.0/24"
+router = "198.18.0.254"
+dns_servers = ["198.18.0.1"]
+domain = "Rack1.Example."
+lease_time = 600
+static_range = "198.18.0.10-198.18.0.99"
+dynamic_pool = "198.18.0.100-198.18.0.199"
+bmc_range = "198.18.0.200-198.18.0.250"
+
+[[subnets]]
+cidr = "198.19.1.0/24"
+dynamic_pool = "198.19.1.10-198.19.1.20"
+"""
+
+
+def test_good_config_parses_to_typed_values() -> None:
+    c = parse_config(GOOD, "good.toml")
+    assert c.admin_address == IPv4Address("198.18.0.1")
+    assert c.interfaces == ("eth1",)
+    assert c.state_dir == Path("/srv/bootd")
+    assert c.database_url == "sqlite+aiosqlite:////srv/bootd/bootd.db"
+    assert (c.http.host, c.http.port) == ("198.18.0.1", 8081)
+    assert c.http.api_token_file == Path("/srv/bootd/api-token")
+    assert c.services.dhcp and c.services.tftp and c.services.http and c.services.dns
+    s0, s1 = c.subnets
+    assert s0.cidr == IPv4Network("198.18.0.0/24")
+    assert s0.domain == "rack1.example"
+    assert s0.lease_time == 600
+    assert s0.dynamic_pool == AddressRange(IPv4Address("198.18.0.100"), IPv4Address("198.18.0.199"))
+    assert len(s0.static_range or ()) == 90
+    assert s1.router is None and s1.lease_time == 3600 and s1.static_range is None
+    assert c.subnet_for(IPv4Address("198.19.1.7")) is s1
+    assert c.subnet_for(IPv4Address("10.0.0.1")) is None
+
+
+def test_defaults_for_a_minimal_file() -> None:
+    c = parse_config('[server]\nadmin_address = "10.1.2.3"\ninterfaces = ["eth0"]\n')
+    assert c.state_dir == Path("/var/lib/bootd")
+    assert (c.http.host, c.http.port) == ("10.1.2.3", 8080)
+    assert c.log_level == "info"
+    assert c.subnets == ()
+
+
+def test_postgres_url_is_accepted() -> None:
+    c = parse_config(GOOD.replace('state_dir = "/srv/bootd"', 'state_dir = "/srv/bootd"\n'
+                                  'database_url = "postgresql+asyncpg://bootd:pw@db/bootd"'))
+    assert c.database_url == "postgresql+asyncpg://bootd:pw@db/bootd"
+
+
+def _edit(old: str, new: str) -> str:
+    assert old in GOOD, old
+    return GOOD.replace(old, new, 1)
+
+
+BAD = [
+    # (config text, key named, words in the message)
+    ("[server\n", "", "not valid TOML"),
+    (_edit('admin_address = "198.18.0.1"\n', ""), "server.admin_address", "is required"),
+    (_edit('"198.18.0.1"\ninterfaces', '"198.18.0.300"\ninterfaces'), "server.admin_address",
+     "not an IPv4 address"),
+    (_edit('state_dir = "/srv/bootd"', 'state_dir = "srv"'), "server.state_dir", "absolute path"),
+    (_edit('state_dir = "/srv/bootd"', 'state_dri = "/srv"'), "server.state_dri", "unknown key"),
+    (_edit('interfaces = ["eth1"]', 'interfaces = "eth1"'), "server.interfaces",
+     "must be an array, not a string"),
+    (_edit('interfaces = ["eth1"]', 'interfaces = ["eth1", "eth1"]'), "server.interfaces[1]",
+     "listed twice"),
+    (_edit('interfaces = ["eth1"]', 'interfaces = []'), "server.interfaces",
+     "required when dhcp, tftp or dns"),
+    (_edit('state_dir = "/srv/bootd"', 'state_dir = "/srv"\ndatabase_url = "mysql://x"'),
+     "server.database_url", "must start with"),
+    (_edit('state_dir = "/srv/bootd"', 'state_dir = "/srv"\nlog_level = "loud"'),
+     "server.log_level", "not one of"),
+    (_edit('listen = "198.18.0.1:8081"', 'listen = "198.18.0.1:99999"'), "http.listen",
+     "not a TCP port"),
+    (_edit('listen = "198.18.0.1:8081"', 'listen = "web:80"'), "http.listen", "not an IP address"),
+    (GOOD + "\n[services]\ndhcp = 1\n", "services.dhcp", "must be a boolean"),
+    (GOOD + "\n[services]\nftp = true\n", "services.ftp", "unknown key"),
+    (GOOD + "\n[extra]\n", "extra", "unknown key"),
+    (_edit('cidr = "198.18.0.0/24"', 'cidr = "198.18.0.1/24"'), "subnets[0].cidr",
+     "not an IPv4 network"),
+    (_edit('cidr = "198.18.0.0/24"', 'cidr = "198.18.0.0/30"'), "subnets[0].cidr", "too small"),
+    (_edit('router = "198.18.0.254"', 'router = "198.19.0.254"'), "subnets[0].router",
+     "outside subnet"),
+    (_edit('dns_servers = ["198.18.0.1"]', 'dns_servers = ["ns1"]'), "subnets[0].dns_servers[0]",
+     "not an IPv4 address"),
+    (_edit('domain = "Rack1.Example."', 'domain = "bad_domain"'), "subnets[0].domain",
+     "invalid DNS domain"),
+    (_edit("lease_time = 600", "lease_time = 5"), "subnets[0].lease_time", "between 60"),
+    (_edit("lease_time = 600", "lease_time = true"), "subnets[0].lease_time", "must be an integer"),
+    (_edit('dynamic_pool = "198.18.0.100-198.18.0.199"', 'dynamic_pool = "198.18.0.100"'),
+     "subnets[0].dynamic_pool", "not a range"),
+    (_edit('dynamic_pool = "198.18.0.100-198.18.0.199"', 'dynamic_pool = "198.18.0.199-198.18.0.100"'),
+     "subnets[0].dynamic_pool", "ends before it starts"),
+    # A pool outside its subnet.
+    (_edit('dynamic_pool = "198.18.0.100-198.18.0.199"', 'dynamic_pool = "198.18.0.100-198.18.1.5"'),
+     "subnets[0].dynamic_pool", "outside subnet 198.18.0.0/24"),
+    (_edit('dynamic_pool = "198.18.0.100-198.18.0.199"', 'dynamic_pool = "198.18.0.100-198.18.0.255"'),
+     "subnets[0].dynamic_pool", "network or broadcast"),
+    (_edit('static_range = "198.18.0.10-198.18.0.99"', 'static_range = "198.18.0.1-198.18.0.99"'),
+     "subnets[0].static_range", "contains the admin address 198.18.0.1"),
+    (_edit('bmc_range = "198.18.0.200-198.18.0.250"', 'bmc_range = "198.18.0.200-198.18.0.254"'),
+     "subnets[0].bmc_range", "contains the router"),
+    # Overlapping pools.
+    (_edit('static_range = "198.18.0.10-198.18.0.99"', 'static_range = "198.18.0.10-198.18.0.100"'),
+     "subnets[0].static_range", "overlaps dynamic_pool 198.18.0.100-198.18.0.199"),
+    (_edit('cidr = "198.19.1.0/24"\ndynamic_pool = "198.19.1.10-198.19.1.20"',
+           'cidr = "198.18.0.128/25"'), "subnets[1].cidr",
+     "overlaps subnets[0]"),
+    (_edit('dynamic_pool = "198.19.1.10-198.19.1.20"', 'dynamic_pool = "198.19.1.10-198.19.1.20"\n'
+           'pool = "x"'), "subnets[1].pool", "unknown key"),
+    (GOOD.replace("[[subnets]]", "[subnets]", 1).replace("[[subnets]]", "[x]"), "subnets",
+     "must be an array, not a table"),
+    ('subnets = ["198.18.0.0/24"]\n[server]\nadmin_address = "1.2.3.4"\ninterfaces = ["e"]\n',
+     "subnets[0]", "must be a table, not a string"),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "words"), BAD, ids=[f"{b[1] or 'toml'}:{b[2]}" for b in BAD])
+def test_bad_config_names_file_key_and_problem(text: str, key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "/etc/bootd/bootd.toml")
+    assert err.value.key == key
+    assert words in err.value.problem
+    assert str(err.value).startswith(f"/etc/bootd/bootd.toml: {key}: " if key else "/etc/bootd/")
+
+
+def test_missing_interface_is_named(tmp_path: Path) -> None:
+    config = parse_config(GOOD, "x.toml")
+    check_host(config, ["lo", "eth1"])
+    with pytest.raises(ConfigError, match=r"x.toml: server.interfaces\[0\]: no interface named 'eth1'"):
+        check_host(config, ["lo", "eth0"])
+
+
+def test_load_config_reports_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "absent.toml")
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(binary)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path)
+
+
+def test_restart_needed_for_lists_socket_and_database_keys() -> None:
+    a = parse_config(GOOD)
+    b = parse_config(_edit("lease_time = 600", "lease_time = 900"))
+    assert a.restart_needed_for(b) == []
+    c = parse_config(_edit('listen = "198.18.0.1:8081"', 'listen = "198.18.0.1:8082"'))
+    assert a.restart_needed_for(c) == ["http.listen"]
