@@ -52,12 +52,28 @@ def host_interfaces() -> list[str]:
     return list(netifaces.interfaces())
 
 
+ServiceFactory = Callable[[Config, Repository], list[Service]]
+
+
+def build_services(config: Config, repo: Repository) -> list[Service]:
+    services: list[Service] = []
+    if config.services.http:
+        services.append(HttpService(config, repo, api_token(config.http.api_token_file)))
+    pending = [name for name in ("dhcp", "tftp", "dns") if getattr(config.services, name)]
+    if pending:
+        log.warning("enabled in the config but not part of this version yet",
+                    extra=kv(services=",".join(pending)))
+    return services
+
+
 class Daemon:
     def __init__(self, config_path: Path, *, notifier: Notifier | None = None,
-                 interfaces: Callable[[], Collection[str]] = host_interfaces) -> None:
+                 interfaces: Callable[[], Collection[str]] = host_interfaces,
+                 services: ServiceFactory = build_services) -> None:
         self.config_path = config_path
         self.notifier = notifier or Notifier()
         self._interfaces = interfaces
+        self._build_services = services
         self._stop = asyncio.Event()
         self.services: list[Service] = []
 
@@ -67,6 +83,17 @@ class Daemon:
         return config
 
     async def run(self) -> int:
+        # Signals first: a SIGTERM while the database opens still ends in a clean stop.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        try:
+            return await self._run()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    async def _run(self) -> int:
         try:
             self.config = self._load()
         except ConfigError as exc:
@@ -88,9 +115,7 @@ class Daemon:
             log.info("stopped")
 
     async def _run_with(self, repo: Repository) -> int:
-        config = self.config
-        if config.services.http:
-            self.services.append(HttpService(config, repo, api_token(config.http.api_token_file)))
+        self.services = self._build_services(self.config, repo)
         started: list[Service] = []
         try:
             for service in self.services:
@@ -106,10 +131,7 @@ class Daemon:
                     log.warning("unclean stop", extra=kv(service=service.name, reason=str(exc)))
 
     async def _serve(self) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_stop_signal, sig)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload)
         names = ", ".join(s.name for s in self.services) or "no services"
         log.info("bootd %s serving", __version__, extra=kv(services=names, pid=os.getpid()))
         self.notifier.ready(f"serving {names}")
@@ -126,9 +148,6 @@ class Daemon:
             for exc in group_error.exceptions:
                 log.error("stopping: %s", exc)
             rc = EXIT_FAILURE
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
         return rc
 
     async def _supervise(self, service: Service) -> None:

@@ -206,11 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The database holds node tokens and the state directory the key that seals
     # BMC passwords: nothing bootd creates is for other users.
     os.umask(0o077)
-    logs.setup("info")
     try:
         if args.command == "init":
             return _init(args)
         if args.command == "serve":
+            logs.setup("info")
             return asyncio.run(Daemon(_config_path(args)).run())
         config = load_config(_config_path(args))
         if args.command == "check":

@@ -26,7 +26,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from netlab import Lab, cleanup_stale  # noqa: E402
+from netlab import Lab, cleanup_stale
 
 REPO = Path(__file__).resolve().parent.parent
 

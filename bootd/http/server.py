@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -93,7 +94,8 @@ class HttpService:
             await self._site.start()
         except OSError as exc:
             await self._runner.cleanup()
-            raise BindError(f"HTTP cannot listen on {self.address}: {exc.strerror}") from None
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise BindError(f"HTTP cannot listen on {self.address}: {reason}") from None
         log.info("listening", extra=kv(address=self.address))
 
     async def run(self) -> None:
