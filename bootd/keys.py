@@ -31,8 +31,8 @@ def read_or_create(path: Path, make: bytes) -> bytes:
         raise SecretError(f"cannot read {path}: {exc.strerror}") from None
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(make + b"\n")
             f.flush()
