@@ -126,6 +126,14 @@ async def test_conflicts_are_refused_by_name(repo: Repository) -> None:
         await repo.add_node(NewNode("-bad-"), actor="t")
     with pytest.raises(InvalidInput, match="invalid MAC"):
         await repo.add_node(NewNode("b", ("52:54:00:00:00",)), actor="t")
+    with pytest.raises(InvalidInput, match="invalid rack"):
+        await repo.add_node(NewNode("b", rack="r" * 65), actor="t")
+    with pytest.raises(InvalidInput, match="invalid profile"):
+        await repo.add_node(NewNode("b", profile="rocky\n9"), actor="t")
+    with pytest.raises(InvalidInput, match="invalid BMC user"):
+        await repo.set_bmc("a", "198.18.0.200", "", "pw", actor="t")
+    with pytest.raises(InvalidInput, match="invalid BMC password"):
+        await repo.set_bmc("a", "198.18.0.200", "admin", "", actor="t")
     assert [n.name for n in await repo.list_nodes()] == ["a"]  # nothing half-written
 
 

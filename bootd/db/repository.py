@@ -34,9 +34,9 @@ from bootd.db.records import (
     NewNode,
     NodeRecord,
 )
-from bootd.errors import Conflict, DatabaseUnavailable, NotFound
+from bootd.errors import Conflict, DatabaseUnavailable, InvalidInput, NotFound
 from bootd.keys import SecretBox, new_node_token
-from bootd.model.names import mac_address, node_name
+from bootd.model.names import mac_address, node_name, short_text
 from bootd.model.states import NodeState
 
 Clock = Callable[[], datetime]
@@ -69,6 +69,8 @@ class Repository:
     async def add_node(self, spec: NewNode, *, actor: str) -> NodeRecord:
         name = node_name(spec.name)
         macs = [mac_address(m) for m in spec.macs]
+        rack = None if spec.rack is None else short_text(spec.rack, "rack", 64)
+        profile = None if spec.profile is None else short_text(spec.profile, "profile", 64)
         if len(set(macs)) != len(macs):
             raise Conflict(f"node {name}: a MAC address is listed twice")
         now = self._clock()
@@ -85,8 +87,8 @@ class Repository:
                 if owner is not None:
                     raise Conflict(f"address {spec.admin_ip} is already reserved for node {owner}")
             node = t.Node(
-                name=name, state=spec.state.value, allocated=False, profile=spec.profile,
-                admin_ip=None if spec.admin_ip is None else str(spec.admin_ip), rack=spec.rack,
+                name=name, state=spec.state.value, allocated=False, profile=profile,
+                admin_ip=None if spec.admin_ip is None else str(spec.admin_ip), rack=rack,
                 location=None, token=new_node_token(), created_at=now, updated_at=now,
                 state_changed_at=now, bmc=None,
                 interfaces=[t.Interface(mac=m, is_boot=(i == 0)) for i, m in enumerate(macs)],
@@ -140,6 +142,10 @@ class Repository:
 
     async def set_bmc(self, name: str, address: str, username: str, password: str, *,
                       actor: str) -> NodeRecord:
+        address = short_text(address, "BMC address", 255)
+        username = short_text(username, "BMC user", 64)
+        if not password or len(password) > 256:
+            raise InvalidInput("invalid BMC password: 1-256 characters")
         sealed = self._secrets.seal(password)
         now = self._clock()
         async with self._tx(write=True) as s:

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from bootd.config import Config
 from bootd.db.repository import Repository
-from bootd.errors import Conflict, DatabaseUnavailable, InvalidInput, NotFound
+from bootd.errors import BootdError, Conflict, DatabaseUnavailable, InvalidInput, NotFound
 from bootd.http import api
 from bootd.logs import kv
 from bootd.service import BindError
@@ -47,6 +47,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if status >= 500:
             log.error("request failed", extra=kv(path=request.path, reason=str(exc)))
         return _error(status, str(exc))
+    except BootdError as exc:  # deliberate, but not the client's fault
+        log.error("request failed", extra=kv(path=request.path, reason=str(exc)))
+        return _error(500, str(exc))
 
 
 @web.middleware

@@ -54,3 +54,11 @@ def dns_domain(value: str) -> str:
     if not domain or len(domain) > 253 or not all(_LABEL.match(label) for label in labels):
         raise InvalidInput(f"invalid DNS domain {value!r}")
     return domain
+
+
+def short_text(value: str, what: str, max_len: int) -> str:
+    """Free text from an operator (rack, profile, BMC user): printable, one line, bounded."""
+    text = value.strip()
+    if not text or len(text) > max_len or not text.isprintable():
+        raise InvalidInput(f"invalid {what} {value!r}: 1-{max_len} printable characters")
+    return text
