@@ -13,6 +13,7 @@ ignored would leave a rack without addresses.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import tomllib
 from collections.abc import Collection, Iterator
@@ -90,6 +91,33 @@ class Services:
         return self.dhcp or self.tftp or self.dns
 
 
+class DhcpMode(enum.StrEnum):
+    SERVER = "server"  # hands out addresses and boot options
+    PROXY = "proxy"    # another server hands out addresses; we add boot options (PXE 2.1)
+
+
+@dataclass(frozen=True)
+class DhcpConfig:
+    mode: DhcpMode = DhcpMode.SERVER
+    # RFC 2131 section 4.3.2: an authoritative server NAKs requests for addresses
+    # that are wrong for the client's network, instead of staying silent.
+    authoritative: bool = True
+    # Probe a dynamic address (ARP on-link, ICMP through relays) before its first offer.
+    conflict_check: bool = True
+    decline_quarantine: int = 3600
+    offer_hold: int = 30
+
+
+@dataclass(frozen=True)
+class BootConfig:
+    """First-stage loaders by firmware, paths under the TFTP root."""
+
+    bios: str = "undionly.kpxe"
+    uefi_x64: str = "ipxe.efi"
+    uefi_ia32: str = "ipxe-ia32.efi"
+    uefi_arm64: str = "ipxe-arm64.efi"
+
+
 @dataclass(frozen=True)
 class HttpConfig:
     host: str
@@ -108,6 +136,14 @@ class Config:
     services: Services
     http: HttpConfig
     subnets: tuple[Subnet, ...] = field(default_factory=tuple)
+    dhcp: DhcpConfig = field(default_factory=DhcpConfig)
+    boot: BootConfig = field(default_factory=BootConfig)
+
+    @property
+    def http_base(self) -> str:
+        """The URL prefix clients use for our HTTP service."""
+        host = self.http.host if self.http.host not in ("0.0.0.0", "::") else str(self.admin_address)
+        return f"http://{host}:{self.http.port}"
 
     @property
     def secret_key_file(self) -> Path:
@@ -129,6 +165,8 @@ class Config:
             keys.append("server.database_url")
         if new.services != self.services:
             keys.append("services")
+        if new.dhcp.mode != self.dhcp.mode:
+            keys.append("dhcp.mode")
         if (new.http.host, new.http.port) != (self.http.host, self.http.port):
             keys.append("http.listen")
         return keys
@@ -326,12 +364,52 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         raise http_t.error("api_token_file", f"{token_text!r} must be an absolute path")
     http_t.finish()
 
+    dhcp = _dhcp(root.table("dhcp"))
+    boot = _boot(root.table("boot"))
+
     subnets_raw = root.get("subnets", list, [])
     subnets = [_subnet(_Table(source, f"subnets[{i}]", item), admin) for i, item in enumerate(subnets_raw)]
     _check_subnets_disjoint(source, subnets)
     root.finish()
     return Config(source, admin, tuple(interfaces), state_dir, db_url, log_level, services,
-                  HttpConfig(host, port, Path(token_text)), tuple(subnets))
+                  HttpConfig(host, port, Path(token_text)), tuple(subnets), dhcp, boot)
+
+
+def _dhcp(t: _Table) -> DhcpConfig:
+    mode_text = t.get("mode", str, DhcpMode.SERVER.value)
+    try:
+        mode = DhcpMode(mode_text)
+    except ValueError:
+        raise t.error("mode", f"{mode_text!r} is not one of server, proxy") from None
+    d = DhcpConfig()
+    quarantine = t.get("decline_quarantine", int, d.decline_quarantine)
+    hold = t.get("offer_hold", int, d.offer_hold)
+    if not 0 <= quarantine <= MAX_LEASE_TIME:
+        raise t.error("decline_quarantine", f"must be between 0 and {MAX_LEASE_TIME} seconds")
+    if not 1 <= hold <= 600:
+        raise t.error("offer_hold", "must be between 1 and 600 seconds")
+    config = DhcpConfig(mode, t.get("authoritative", bool, d.authoritative),
+                        t.get("conflict_check", bool, d.conflict_check), quarantine, hold)
+    t.finish()
+    return config
+
+
+def _loader_path(text: str) -> str:
+    # Goes into the 128-octet BOOTP `file` field and is resolved under the TFTP root.
+    parts = text.split("/")
+    if (not text or len(text.encode()) > 127 or text.startswith("/") or ".." in parts
+            or not text.isprintable() or " " in text):
+        raise ValueError(f"{text!r} is not a relative path under the TFTP root (at most 127 bytes)")
+    return text
+
+
+def _boot(t: _Table) -> BootConfig:
+    d = BootConfig()
+    values = {}
+    for name in ("bios", "uefi_x64", "uefi_ia32", "uefi_arm64"):
+        values[name] = t.parse(name, _loader_path) or getattr(d, name)
+    t.finish()
+    return BootConfig(**values)
 
 
 def _check_subnets_disjoint(source: str, subnets: list[Subnet]) -> None:

@@ -65,6 +65,16 @@ class NodeRecord:
         return next((i.mac for i in self.interfaces if i.is_boot), None)
 
 
+@dataclass(frozen=True, slots=True)
+class DirectoryEntry:
+    """One interface of a known node: what DHCP needs to address it."""
+
+    mac: str
+    name: str
+    admin_ip: IPv4Address | None
+    location: str | None
+
+
 @dataclass(frozen=True)
 class NewNode:
     """An operator's description of a node to add; the first MAC is the boot one."""

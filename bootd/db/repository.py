@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from ipaddress import IPv4Address
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -27,6 +27,7 @@ from bootd.db.engine import WRITE
 from bootd.db.records import (
     BmcCredentials,
     BmcRecord,
+    DirectoryEntry,
     EventRecord,
     InterfaceRecord,
     LeaseRecord,
@@ -120,6 +121,42 @@ class Repository:
             await s.flush()
             await s.delete(node)
 
+    async def directory(self) -> list[DirectoryEntry]:
+        """Every interface with its node's addressing facts, for the in-memory directory."""
+        async with self._tx(write=False) as s:
+            rows = await s.execute(
+                select(t.Interface.mac, t.Node.name, t.Node.admin_ip, t.Node.location)
+                .join(t.Node, t.Interface.node_id == t.Node.id))
+            return [DirectoryEntry(mac, name, None if ip is None else IPv4Address(ip), loc)
+                    for mac, name, ip, loc in rows]
+
+    async def inventory_stamp(self) -> int:
+        """Changes whenever any node changes: every change appends an event in its transaction."""
+        async with self._tx(write=False) as s:
+            return int(await s.scalar(select(func.coalesce(func.max(t.Event.id), 0))) or 0)
+
+    async def register_booted(self, mac: str, location: str | None, *, actor: str) -> NodeRecord | None:
+        """A machine nobody registered network-booted: record it in discovering.
+        None if its MAC belongs to a node already (another process was faster)."""
+        mac = mac_address(mac)
+        try:
+            node = await self.add_node(NewNode(f"node-{mac.replace(':', '')}", (mac,)), actor=actor)
+        except Conflict:
+            return None
+        if location is not None:
+            node = await self.set_location(node.name, location, actor=actor)
+        return node
+
+    async def set_location(self, name: str, location: str, *, actor: str) -> NodeRecord:
+        location = short_text(location, "location", 255)
+        async with self._tx(write=True) as s:
+            node = await self._load(s, name)
+            if node.location != location:
+                self._event(s, node, "located", None, None, actor, f"location={location}")
+                node.location, node.updated_at = location, self._clock()
+            await s.flush()
+            return _node_record(node)
+
     async def verify_token(self, name: str, token: str) -> bool:
         """Constant-time check of a node's own callback token."""
         async with self._tx(write=False) as s:
@@ -174,13 +211,23 @@ class Repository:
 
     async def put_lease(self, lease: LeaseRecord) -> None:
         """Insert or replace the lease of lease.ip (durable when this returns)."""
+        await self.put_leases([LeaseRecord(lease.ip, mac_address(lease.mac), lease.state,
+                                           lease.expires_at, lease.client_id, lease.hostname)])
+
+    async def put_leases(self, leases: Sequence[LeaseRecord]) -> None:
+        """Many leases in one transaction: one commit (one fsync) for a batch of ACKs."""
+        latest = {lease.ip: lease for lease in leases}
+        now = self._clock()
         async with self._tx(write=True) as s:
-            row = await s.scalar(select(t.Lease).where(t.Lease.ip == str(lease.ip)))
-            if row is None:
-                row = t.Lease(ip=str(lease.ip))
-                s.add(row)
-            row.mac, row.client_id, row.state = mac_address(lease.mac), lease.client_id, lease.state.value
-            row.expires_at, row.hostname, row.updated_at = lease.expires_at, lease.hostname, self._clock()
+            rows = {r.ip: r for r in await s.scalars(
+                select(t.Lease).where(t.Lease.ip.in_([str(ip) for ip in latest])))}
+            for ip, lease in latest.items():
+                row = rows.get(str(ip))
+                if row is None:
+                    row = t.Lease(ip=str(ip))
+                    s.add(row)
+                row.mac, row.client_id, row.state = lease.mac, lease.client_id, lease.state.value
+                row.expires_at, row.hostname, row.updated_at = lease.expires_at, lease.hostname, now
 
     async def get_lease(self, ip: IPv4Address) -> LeaseRecord | None:
         async with self._tx(write=False) as s:
