@@ -28,10 +28,12 @@ from bootd import __version__, logs
 from bootd.config import Config, check_host, load_config
 from bootd.db.engine import open_database
 from bootd.db.repository import Repository
+from bootd.dhcp.server import DhcpService
 from bootd.errors import BootdError, ConfigError
 from bootd.http.server import HttpService
 from bootd.keys import SecretBox, api_token
 from bootd.logs import kv
+from bootd.policy import Policy
 from bootd.sdnotify import Notifier
 from bootd.service import Service
 
@@ -56,10 +58,13 @@ ServiceFactory = Callable[[Config, Repository], list[Service]]
 
 
 def build_services(config: Config, repo: Repository) -> list[Service]:
-    services: list[Service] = []
+    policy = Policy(config, repo)
+    services: list[Service] = [policy]
     if config.services.http:
         services.append(HttpService(config, repo, api_token(config.http.api_token_file)))
-    pending = [name for name in ("dhcp", "tftp", "dns") if getattr(config.services, name)]
+    if config.services.dhcp:
+        services.append(DhcpService(config, repo, policy))
+    pending = [name for name in ("tftp", "dns") if getattr(config.services, name)]
     if pending:
         log.warning("enabled in the config but not part of this version yet",
                     extra=kv(services=",".join(pending)))

@@ -24,7 +24,7 @@ from bootd.db.engine import open_database
 from bootd.db.records import NewNode, NodeRecord
 from bootd.db.repository import Repository
 from bootd.errors import BootdError, ConfigError, InvalidInput
-from bootd.http.api import node_json
+from bootd.http.api import lease_json, node_json
 from bootd.keys import SecretBox
 
 T = TypeVar("T")
@@ -70,7 +70,24 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--json", action="store_true")
     delete = nsub.add_parser("delete", parents=[common], help="remove a node (its events stay)")
     delete.add_argument("name")
+
+    leases = sub.add_parser("leases", parents=[common], help="DHCP leases")
+    lsub = leases.add_subparsers(dest="action", required=True, metavar="ACTION")
+    lls = lsub.add_parser("list", parents=[common], help="list leases")
+    lls.add_argument("--json", action="store_true")
     return p
+
+
+async def _leases(args: argparse.Namespace, config: Config) -> int:
+    leases = await _with_repo(config, lambda r: r.list_leases())
+    if args.json:
+        _print_json({"leases": [lease_json(lease) for lease in leases]})
+    elif leases:
+        print(_table([[str(x.ip), x.mac, x.state.value, x.expires_at.isoformat(timespec="seconds"),
+                       x.hostname or "-"] for x in leases], ["IP", "MAC", "STATE", "EXPIRES", "HOSTNAME"]))
+    else:
+        print("no leases")
+    return 0
 
 
 def _config_path(args: argparse.Namespace) -> Path:
@@ -216,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             print(f"{config.source}: ok ({len(config.subnets)} subnet(s))")
             return 0
+        if args.command == "leases":
+            return asyncio.run(_leases(args, config))
         return asyncio.run(_nodes(args, config))
     except ConfigError as exc:
         print(f"bootd: error: {exc}", file=sys.stderr)

@@ -48,6 +48,10 @@ class BootAnswer:
 
 
 class Policy:
+    """Also a Service: it starts with a full directory and keeps it current."""
+
+    name = "policy"
+
     def __init__(self, config: Config, repo: Repository | None = None) -> None:
         self.config = config
         self._repo = repo
@@ -130,6 +134,15 @@ class Policy:
     def load(self, entries: list[DirectoryEntry]) -> None:
         """Set the directory outright (tests, and callers that already hold it)."""
         self._nodes = {e.mac: e for e in entries}
+
+    async def start(self) -> None:
+        await self.refresh()
+
+    async def stop(self) -> None:
+        await self.close()
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
 
     async def run(self) -> None:
         while True:

@@ -84,6 +84,13 @@ class Lab:
     def switch(self) -> str:
         return f"{PREFIX}{self.tag}-sw"
 
+    def add_switch(self, name: str) -> str:
+        """Another bridge (another L2 segment, e.g. a rack behind a relay) in the switch namespace."""
+        sh("ip", "-n", self.switch, "link", "add", name, "type", "bridge", "stp_state", "0",
+           "forward_delay", "0")
+        sh("ip", "-n", self.switch, "link", "set", name, "up")
+        return name
+
     def _netns(self, name: str) -> None:
         sh("ip", "netns", "add", name)
         self.created.append(name)
@@ -100,24 +107,30 @@ class Lab:
         sh("ip", "-n", self.switch, "link", "set", "br0", "up")
         return self
 
-    def add_host(self, role: str, address: str | None = None) -> Host:
-        if role in self.hosts or len(role) > 12:
+    def add_host(self, role: str, address: str | None = None, switch: str = "br0") -> Host:
+        if role in self.hosts or len(role) > 10:
             raise ValueError(f"bad or duplicate host role {role!r}")
         ns = f"{PREFIX}{self.tag}-{role}"
         self._netns(ns)
-        port = f"p-{role}"
-        sh("ip", "-n", self.switch, "link", "add", port, "type", "veth", "peer", "name", "eth0",
-           "netns", ns)
-        sh("ip", "-n", self.switch, "link", "set", port, "master", "br0", "up")
-        iface = IPv4Interface(address) if address else None
-        if iface is not None:
+        host = Host(self, role, ns, IPv4Interface(address) if address else None)
+        self.hosts[role] = host
+        self.link(host, switch, address)
+        return host
+
+    def link(self, host: Host, switch: str, address: str | None) -> str:
+        """A new NIC (eth0, eth1, ...) on host, plugged into `switch`."""
+        n = int(sh("ip", "-n", host.ns, "-o", "link", "show", "type", "veth").stdout.count("\n"))
+        ifname, port = f"eth{n}", f"p-{host.role}{n or ''}"
+        sh("ip", "-n", self.switch, "link", "add", port, "type", "veth", "peer", "name", ifname,
+           "netns", host.ns)
+        sh("ip", "-n", self.switch, "link", "set", port, "master", switch, "up")
+        if address:
+            iface = IPv4Interface(address)
             if not iface.network.subnet_of(IPv4Interface("198.18.0.0/15").network):
                 raise ValueError(f"{address} is outside the lab range 198.18.0.0/15")
-            sh("ip", "-n", ns, "addr", "add", str(iface), "dev", "eth0")
-        sh("ip", "-n", ns, "link", "set", "eth0", "up")
-        host = Host(self, role, ns, iface)
-        self.hosts[role] = host
-        return host
+            sh("ip", "-n", host.ns, "addr", "add", str(iface), "dev", ifname)
+        sh("ip", "-n", host.ns, "link", "set", ifname, "up")
+        return ifname
 
     def close(self) -> None:
         for proc in self.processes:

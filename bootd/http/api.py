@@ -60,9 +60,15 @@ async def show_node(request: web.Request) -> web.Response:
     return web.json_response(node_json(node))
 
 
+async def list_leases(request: web.Request) -> web.Response:
+    leases = await request.app[REPO].list_leases()
+    return web.json_response({"leases": [lease_json(lease) for lease in leases]})
+
+
 def routes() -> list[web.RouteDef]:
     return [
         web.get("/healthz", healthz),
         web.get("/api/v1/nodes", list_nodes),
         web.get("/api/v1/nodes/{name}", show_node),
+        web.get("/api/v1/leases", list_leases),
     ]
