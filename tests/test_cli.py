@@ -114,6 +114,12 @@ def test_config_errors_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path
         2, "", f"bootd: error: {bad}: server.port: unknown key\n")
 
 
+def test_leases_list(capsys: pytest.CaptureFixture[str], cfg: str) -> None:
+    assert run(capsys, "leases", "list", "--config", cfg) == (0, "no leases\n", "")
+    rc, out, _ = run(capsys, "leases", "list", "--json", "--config", cfg)
+    assert (rc, json.loads(out)) == (0, {"leases": []})
+
+
 def test_check_accepts_a_good_config(capsys: pytest.CaptureFixture[str], cfg: str) -> None:
     assert run(capsys, "check", "--config", cfg) == (0, f"{cfg}: ok (1 subnet(s))\n", "")
 

@@ -195,3 +195,17 @@ def test_mutated_packets_parse_or_raise_malformed(flips: list[tuple[int, int]], 
         data[index] = value
     with contextlib.suppress(MalformedPacket):
         _all_getters(parse(bytes(data[:cut])))
+
+
+def test_pxelinux_options_rfc5071_match_scapy() -> None:
+    items = [(Opt.MESSAGE_TYPE, b"\x05"), (Opt.PXELINUX_MAGIC, b"\xf1\x00\x74\x7e"),
+             (Opt.PXELINUX_CONFIG_FILE, b"pxelinux.cfg/rack1"), (Opt.PXELINUX_PATH_PREFIX, b"/bios/"),
+             (Opt.PXELINUX_REBOOT_TIME, struct.pack("!I", 300))]
+    raw = build(Packet(op=BOOTREPLY, xid=3, chaddr=CHADDR), items)
+    opts = scapy_options(raw)
+    assert opts["pxelinux_magic"] == b"\xf1\x00\x74\x7e"
+    assert opts["pxelinux_configuration_file"] == b"pxelinux.cfg/rack1"
+    assert opts["pxelinux_path_prefix"] == b"/bios/"
+    assert opts["pxelinux_reboot_time"] == struct.pack("!I", 300)
+    back = parse(raw).options
+    assert back[Opt.PXELINUX_CONFIG_FILE] == b"pxelinux.cfg/rack1"

@@ -44,7 +44,9 @@ dynamic_pool = "198.19.1.1-198.19.1.250"
 # so no client ever touches this machine's resolv.conf or routes.
 UDHCPC_SCRIPT = """#!/bin/sh
 env | sort > "{dir}/$1.$$.env"
-case "$1" in bound|renew) ip addr flush dev "$interface"; ip addr add "$ip/${{mask:-24}}" dev "$interface";; esac
+case "$1" in
+  bound|renew) ip addr flush dev "$interface"; ip addr add "$ip/${{mask:-24}}" dev "$interface";;
+esac
 """
 DHCLIENT_SCRIPT = """#!/bin/sh
 env | sort > "{dir}/$reason.$$.env"
@@ -244,19 +246,24 @@ def test_pxe_clients_get_their_loader_and_are_recorded(lab: Lab, server: Callabl
 
 def test_relay_serves_another_segment_and_records_location(lab: Lab, server: Callable[..., Bootd],
                                                            tmp_path: Path) -> None:
-    b = server()
-    srv = lab.hosts["srv"]
+    srv = lab.add_host("srv", "198.18.0.1/24")
     lab.add_switch("br1")
     relay = lab.add_host("relay", "198.18.0.2/24")
     lab.link(relay, "br1", "198.19.0.1/16")
     srv.run("ip", "route", "add", "198.19.0.0/16", "via", "198.18.0.2")
     lab_relay = relay.popen("dhcrelay", "-d", "-4", "-a", "-iu", "eth0", "-id", "eth1", "198.18.0.1",
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Behind the relay a host squats on the pool's first address; ARP cannot see it
+    # from the server, so the conflict check pings it (through the relay, which routes).
+    relay.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+    squat = lab.add_host("squat", "198.19.1.1/16", switch="br1")
+    squat.run("ip", "route", "add", "default", "via", "198.19.0.1")
+    b = server()
     c1 = lab.add_host("c1", switch="br1")
     u = Udhcpc(c1, tmp_path)
     try:
         bound = u.wait("bound")
-        assert bound["ip"].startswith("198.19.1.")
+        assert bound["ip"] == "198.19.1.2"
         assert bound["router"] == "198.19.0.1"
         assert bound["subnet"] == "255.255.0.0"
     finally:
@@ -271,6 +278,8 @@ def test_relay_serves_another_segment_and_records_location(lab: Lab, server: Cal
                                if n["interfaces"][0]["mac"] == mac and n["location"]], "node location")[0]
     assert node["location"].endswith("/eth1")  # dhcrelay -a: circuit-id is the receiving interface
     assert lab_relay.poll() is None
+    b.stop()
+    assert "address in use by a host we did not give it to; skipped ip=198.19.1.1" in b.stderr
 
 
 def test_proxy_beside_dnsmasq(lab: Lab, server: Callable[..., Bootd], tmp_path: Path) -> None:

@@ -66,6 +66,22 @@ async def test_nodes_json_has_no_secrets(client: TestClient, repo: Repository) -
     assert (await one.json())["name"] == "n1"
 
 
+async def test_leases_json(client: TestClient, repo: Repository) -> None:
+    from datetime import UTC, datetime
+    from ipaddress import IPv4Address
+
+    from bootd.db.records import LeaseRecord, LeaseState
+
+    expiry = datetime(2030, 1, 1, tzinfo=UTC)
+    await repo.put_lease(LeaseRecord(IPv4Address("198.18.0.100"), "52:54:00:00:00:01",
+                                     LeaseState.BOUND, expiry, "01525400000001", "n1"))
+    assert (await client.get("/api/v1/leases")).status == 401
+    resp = await client.get("/api/v1/leases", headers=AUTH)
+    assert await resp.json() == {"leases": [{
+        "ip": "198.18.0.100", "mac": "52:54:00:00:00:01", "state": "bound",
+        "expires_at": "2030-01-01T00:00:00+00:00", "client_id": "01525400000001", "hostname": "n1"}]}
+
+
 @pytest.mark.parametrize(("method", "path", "status", "message"), [
     ("GET", "/api/v1/nodes/ghost", 404, "no node named 'ghost'"),
     ("GET", "/nope", 404, "Not Found"),

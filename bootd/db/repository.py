@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from ipaddress import IPv4Address
 
 from sqlalchemy import func, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -50,6 +52,7 @@ def utcnow() -> datetime:
 class Repository:
     def __init__(self, engine: AsyncEngine, secrets: SecretBox, clock: Clock = utcnow) -> None:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._dialect = engine.dialect.name
         self._secrets = secrets
         self._clock = clock
 
@@ -215,19 +218,22 @@ class Repository:
                                            lease.expires_at, lease.client_id, lease.hostname)])
 
     async def put_leases(self, leases: Sequence[LeaseRecord]) -> None:
-        """Many leases in one transaction: one commit (one fsync) for a batch of ACKs."""
+        """Many leases in one transaction: one commit (one fsync) for a batch of ACKs.
+        One INSERT .. ON CONFLICT (ip) DO UPDATE for all of them: the DHCP hot path
+        cannot afford the ORM's per-row bookkeeping."""
         latest = {lease.ip: lease for lease in leases}
         now = self._clock()
+        rows = [{"ip": str(ip), "mac": x.mac, "client_id": x.client_id, "state": x.state.value,
+                 "expires_at": x.expires_at, "hostname": x.hostname, "updated_at": now}
+                for ip, x in latest.items()]
         async with self._tx(write=True) as s:
-            rows = {r.ip: r for r in await s.scalars(
-                select(t.Lease).where(t.Lease.ip.in_([str(ip) for ip in latest])))}
-            for ip, lease in latest.items():
-                row = rows.get(str(ip))
-                if row is None:
-                    row = t.Lease(ip=str(ip))
-                    s.add(row)
-                row.mac, row.client_id, row.state = lease.mac, lease.client_id, lease.state.value
-                row.expires_at, row.hostname, row.updated_at = lease.expires_at, lease.hostname, now
+            insert = pg_insert if self._dialect == "postgresql" else sqlite_insert
+            stmt = insert(t.Lease)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[t.Lease.ip],
+                set_={c: getattr(stmt.excluded, c) for c in
+                      ("mac", "client_id", "state", "expires_at", "hostname", "updated_at")})
+            await s.execute(stmt, rows)
 
     async def get_lease(self, ip: IPv4Address) -> LeaseRecord | None:
         async with self._tx(write=False) as s:

@@ -113,6 +113,11 @@ class Decider:
         self.table = table
         # Whether a never-used address may be offered (probed free); set by the server.
         self.usable: Callable[[int], bool] = lambda ip: True
+        self._per_subnet: dict[Subnet, tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]] = {}
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+        self._per_subnet.clear()
 
     # -- entry ----------------------------------------------------------------
 
@@ -312,6 +317,24 @@ class Decider:
 
     # -- building replies ------------------------------------------------------------
 
+    def _subnet_items(self, subnet: Subnet) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
+        """The options every reply on a subnet carries, encoded once per config."""
+        cached = self._per_subnet.get(subnet)
+        if cached is None:
+            t = subnet.lease_time
+            lease: list[tuple[int, bytes]] = [(Opt.LEASE_TIME, u32(t)), (Opt.RENEWAL_TIME, u32(t // 2)),
+                     (Opt.REBINDING_TIME, u32(t * 7 // 8))]
+            network: list[tuple[int, bytes]] = [(Opt.SUBNET_MASK, subnet.cidr.netmask.packed),
+                       (Opt.BROADCAST_ADDRESS, subnet.cidr.broadcast_address.packed)]
+            if subnet.router is not None:
+                network.append((Opt.ROUTER, subnet.router.packed))
+            if subnet.dns_servers:
+                network.append((Opt.DNS_SERVERS, ips(*subnet.dns_servers)))
+            if subnet.domain:
+                network.append((Opt.DOMAIN_NAME, subnet.domain.encode()))
+            cached = self._per_subnet[subnet] = (lease, network)
+        return cached
+
     def _echo(self, request: Packet, items: list[tuple[int, bytes]]) -> None:
         o = request.options
         if o.client_id is not None:
@@ -339,18 +362,10 @@ class Decider:
                yiaddr: IPv4Address, client: BootClient | None, hostname: str | None) -> Reply:
         items: list[tuple[int, bytes]] = [(Opt.MESSAGE_TYPE, u8(kind)),
                                           (Opt.SERVER_ID, ingress.server_ip.packed)]
+        lease_items, network_items = self._subnet_items(subnet)
         if kind is not MessageType.ACK or yiaddr != ZERO:  # INFORM replies carry no lease
-            t = subnet.lease_time
-            items += [(Opt.LEASE_TIME, u32(t)), (Opt.RENEWAL_TIME, u32(t // 2)),
-                      (Opt.REBINDING_TIME, u32(t * 7 // 8))]
-        items.append((Opt.SUBNET_MASK, subnet.cidr.netmask.packed))
-        items.append((Opt.BROADCAST_ADDRESS, subnet.cidr.broadcast_address.packed))
-        if subnet.router is not None:
-            items.append((Opt.ROUTER, subnet.router.packed))
-        if subnet.dns_servers:
-            items.append((Opt.DNS_SERVERS, ips(*subnet.dns_servers)))
-        if subnet.domain:
-            items.append((Opt.DOMAIN_NAME, subnet.domain.encode()))
+            items += lease_items
+        items += network_items
         if hostname:
             items.append((Opt.HOSTNAME, hostname.encode()))
         answer = self.policy.boot(client) if client is not None else None

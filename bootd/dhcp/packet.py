@@ -59,7 +59,7 @@ class Packet:
 
     @property
     def mac(self) -> str:
-        return ":".join(f"{b:02x}" for b in self.hardware_address)
+        return self.hardware_address.hex(":")
 
     @property
     def broadcast(self) -> bool:

@@ -45,12 +45,17 @@ CONFLICT_QUARANTINE = 600.0
 
 
 class LeaseWriter:
-    """Group commit of lease changes; `then` runs once the batch holding its lease is durable."""
+    """Group commit of lease changes; `then` runs once the batch holding its lease is durable.
+
+    A write in progress is never cancelled (a transaction abandoned half-way
+    would keep SQLite's write lock until the connection is collected): run()
+    shields it, and flush() waits for it before writing what is left."""
 
     def __init__(self, repo: Repository) -> None:
         self._repo = repo
         self._queue: list[tuple[LeaseRecord, Callable[[], object] | None]] = []
         self._wake = asyncio.Event()
+        self._current: asyncio.Task[None] | None = None
         self.batches = 0
 
     def submit(self, record: LeaseRecord, then: Callable[[], object] | None) -> None:
@@ -61,7 +66,8 @@ class LeaseWriter:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await self._write()
+            self._current = asyncio.ensure_future(self._write())
+            await asyncio.shield(self._current)
 
     async def _write(self) -> None:
         batch, self._queue = self._queue, []
@@ -79,6 +85,8 @@ class LeaseWriter:
                 then()
 
     async def flush(self) -> None:
+        if self._current is not None and not self._current.done():
+            await asyncio.wait([self._current])
         await self._write()
 
 
@@ -157,7 +165,7 @@ class DhcpService:
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
-        self.decider.config = config
+        self.decider.reconfigure(config)
 
     # -- packets ----------------------------------------------------------------
 
