@@ -36,6 +36,7 @@ from bootd.logs import kv
 from bootd.policy import Policy
 from bootd.sdnotify import Notifier
 from bootd.service import Service
+from bootd.tftp.server import TftpService
 
 log = logging.getLogger("bootd.app")
 
@@ -64,7 +65,9 @@ def build_services(config: Config, repo: Repository) -> list[Service]:
         services.append(HttpService(config, repo, api_token(config.http.api_token_file)))
     if config.services.dhcp:
         services.append(DhcpService(config, repo, policy))
-    pending = [name for name in ("tftp", "dns") if getattr(config.services, name)]
+    if config.services.tftp:
+        services.append(TftpService(config, policy, config.tftp_root))
+    pending = [name for name in ("dns",) if getattr(config.services, name)]
     if pending:
         log.warning("enabled in the config but not part of this version yet",
                     extra=kv(services=",".join(pending)))

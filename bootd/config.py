@@ -119,6 +119,21 @@ class BootConfig:
 
 
 @dataclass(frozen=True)
+class TftpConfig:
+    port: int = 69
+    # Upper bounds on what clients may negotiate (RFC 2348, RFC 7440); blksize is
+    # further clamped per transfer to the path MTU.
+    max_blksize: int = 65464
+    max_windowsize: int = 64
+    timeout: float = 1.0  # seconds before a retransmission, unless the client asks (RFC 2349)
+    retries: int = 5
+    # Files are served from memory, read once in a worker thread and shared by
+    # every transfer; bigger files are refused with a message saying so.
+    cache_mb: int = 1024
+    max_transfers: int = 1000  # at once; more requests get "server busy"
+
+
+@dataclass(frozen=True)
 class HttpConfig:
     host: str
     port: int
@@ -138,6 +153,7 @@ class Config:
     subnets: tuple[Subnet, ...] = field(default_factory=tuple)
     dhcp: DhcpConfig = field(default_factory=DhcpConfig)
     boot: BootConfig = field(default_factory=BootConfig)
+    tftp: TftpConfig = field(default_factory=TftpConfig)
 
     @property
     def http_base(self) -> str:
@@ -148,6 +164,11 @@ class Config:
     @property
     def secret_key_file(self) -> Path:
         return self.state_dir / "secret.key"
+
+    @property
+    def tftp_root(self) -> Path:
+        """Boot files (loaders, images) served by TFTP, and by HTTP under /images/."""
+        return self.state_dir / "tftp"
 
     def subnet_for(self, address: IPv4Address) -> Subnet | None:
         return next((s for s in self.subnets if address in s.cidr), None)
@@ -167,6 +188,8 @@ class Config:
             keys.append("services")
         if new.dhcp.mode != self.dhcp.mode:
             keys.append("dhcp.mode")
+        if new.tftp.port != self.tftp.port:
+            keys.append("tftp.port")
         if (new.http.host, new.http.port) != (self.http.host, self.http.port):
             keys.append("http.listen")
         return keys
@@ -366,13 +389,14 @@ def parse_config(text: str, source: str = "<config>") -> Config:
 
     dhcp = _dhcp(root.table("dhcp"))
     boot = _boot(root.table("boot"))
+    tftp = _tftp(root.table("tftp"))
 
     subnets_raw = root.get("subnets", list, [])
     subnets = [_subnet(_Table(source, f"subnets[{i}]", item), admin) for i, item in enumerate(subnets_raw)]
     _check_subnets_disjoint(source, subnets)
     root.finish()
     return Config(source, admin, tuple(interfaces), state_dir, db_url, log_level, services,
-                  HttpConfig(host, port, Path(token_text)), tuple(subnets), dhcp, boot)
+                  HttpConfig(host, port, Path(token_text)), tuple(subnets), dhcp, boot, tftp)
 
 
 def _dhcp(t: _Table) -> DhcpConfig:
@@ -392,6 +416,27 @@ def _dhcp(t: _Table) -> DhcpConfig:
                         t.get("conflict_check", bool, d.conflict_check), quarantine, hold)
     t.finish()
     return config
+
+
+def _tftp(t: _Table) -> TftpConfig:
+    d = TftpConfig()
+    ranges = {"port": (1, 65535), "max_blksize": (512, 65464), "max_windowsize": (1, 65535),
+              "retries": (1, 100), "cache_mb": (1, 1 << 20),
+              "max_transfers": (1, 100_000)}
+    values: dict[str, Any] = {}
+    for name, (low, high) in ranges.items():
+        value = t.get(name, int, getattr(d, name))
+        if not low <= value <= high:
+            raise t.error(name, f"must be between {low} and {high}")
+        values[name] = value
+    t.used.add("timeout")
+    timeout = t.data.get("timeout", d.timeout)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise t.error("timeout", f"must be a number of seconds, not {_kind(timeout)}")
+    if not 0.1 <= timeout <= 255:
+        raise t.error("timeout", "must be between 0.1 and 255 seconds")
+    t.finish()
+    return TftpConfig(timeout=float(timeout), **values)
 
 
 def _loader_path(text: str) -> str:

@@ -69,3 +69,24 @@ def setup(level: str = "info") -> None:
 def set_level(level: str) -> None:
     logging.getLogger("bootd").setLevel(level.upper())
     logging.getLogger().setLevel(logging.WARNING if level != "debug" else logging.DEBUG)
+
+
+class Throttle:
+    """Whether to log an event again: once per key per interval (all are still counted).
+
+    Hostile or broken peers can send a refusal-worthy packet thousands of times
+    a second; the operator needs to know it happens and why, not each time.
+    """
+
+    def __init__(self, interval: float = 60.0, keys: int = 10_000) -> None:
+        self.interval, self.keys = interval, keys
+        self._last: dict[tuple[str, ...], float] = {}
+
+    def __call__(self, now: float, *key: str) -> bool:
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            return False
+        if len(self._last) >= self.keys:
+            self._last.clear()
+        self._last[key] = now
+        return True

@@ -30,10 +30,25 @@ from bootd.db.repository import Repository
 from bootd.errors import BootdError
 from bootd.logs import kv
 from bootd.model.clients import Arch, BootClient, Firmware
+from bootd.model.names import mac_address
+from bootd.model.states import NodeState
+from bootd.render import BootTarget, render
 
 log = logging.getLogger("bootd.policy")
 REFRESH_SECONDS = 2.0
 ACTOR = "dhcp"
+LOCAL_BOOT = {NodeState.INSTALLED, NodeState.READYING, NodeState.READY}
+INSTALL = {NodeState.INSTALLING, NodeState.REINSTALL}
+
+
+def _mac_from(leaf: str) -> str | None:
+    """pxelinux's and GRUB's "01-aa-bb-cc-dd-ee-ff" (ARP type 1, then the MAC)."""
+    if not leaf.startswith("01-") or len(leaf) != 20:
+        return None
+    try:
+        return mac_address(leaf[3:])
+    except BootdError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +71,7 @@ class Policy:
         self.config = config
         self._repo = repo
         self._nodes: dict[str, DirectoryEntry] = {}
+        self._macs_by_ip: dict[IPv4Address, str] = {}
         self._stamp = -1
         self._pending: set[str] = set()  # MACs being registered or relocated
         self._tasks: set[asyncio.Task[None]] = set()
@@ -87,6 +103,44 @@ class Policy:
             Arch.EFI_IA32: boot.uefi_ia32, Arch.EFI_IA32_HTTP: boot.uefi_ia32,
             Arch.EFI_ARM64: boot.uefi_arm64, Arch.EFI_ARM64_HTTP: boot.uefi_arm64,
         }.get(arch) if arch is not None else None
+
+    def target(self, mac: str) -> BootTarget:
+        """What this machine boots now, by its state (the lifecycle issue refines the table)."""
+        node = self._nodes.get(mac)
+        base = self.config.http_base
+        state = node.state if node is not None else NodeState.DISCOVERING
+        name = node.name if node is not None else "-"
+        describe = f"{name} ({mac}) in {state.value}"
+        if state in LOCAL_BOOT:
+            return BootTarget("local", mac, describe)
+        args = f"bootd.url={base} bootd.state={state.value} bootd.node={name}"
+        if node is not None:
+            args += f" bootd.token={node.token}"
+        if state in INSTALL and node is not None and node.profile:
+            return BootTarget("install", mac, describe, f"images/{node.profile}/vmlinuz",
+                              f"images/{node.profile}/initrd.img", args)
+        return BootTarget("discovery", mac, describe, "images/discovery/vmlinuz",
+                          "images/discovery/initrd.img", args)
+
+    def leased(self, mac: str, ip: IPv4Address) -> None:
+        """DHCP bound `ip` to `mac`: TFTP and HTTP can tell who asks by source address."""
+        self._macs_by_ip[ip] = mac
+
+    def tftp_file(self, name: str, peer: IPv4Address) -> bytes | None:
+        """A generated per-machine config for a TFTP name, or None for a plain file."""
+        path = name.replace("\\", "/").lstrip("/")
+        leaf = path.rpartition("/")[2]
+        if path.startswith("pxelinux.cfg/"):
+            mac = _mac_from(leaf) or self._macs_by_ip.get(peer)
+            if mac is None:  # "default" or a hex-IP name from a machine we never leased
+                return None
+            return render("pxelinux.cfg.j2", target=self.target(mac)).encode()
+        if leaf == "grub.cfg" or leaf.startswith("grub.cfg-"):
+            mac = _mac_from(leaf.removeprefix("grub.cfg-")) or self._macs_by_ip.get(peer)
+            if mac is None:
+                return render("grub-common.cfg.j2").encode()
+            return render("grub.cfg.j2", target=self.target(mac)).encode()
+        return None
 
     # -- what protocols saw (asynchronous writes) ------------------------------
 

@@ -114,7 +114,7 @@ def test_served_in_the_lab_reachable_from_a_client_not_from_the_host(lab: Lab, t
     proc.terminate()
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0
-    assert "enabled in the config but not part of this version yet services=tftp,dns" in stderr
+    assert "enabled in the config but not part of this version yet services=dns" in stderr
     assert "Traceback" not in stderr
 
 

@@ -73,6 +73,12 @@ class DirectoryEntry:
     name: str
     admin_ip: IPv4Address | None
     location: str | None
+    state: NodeState = NodeState.DISCOVERING
+    profile: str | None = None
+    token: str = ""
+
+    def __repr__(self) -> str:  # the token stays out of logs
+        return f"DirectoryEntry({self.mac}, {self.name}, {self.state.value})"
 
 
 @dataclass(frozen=True)

@@ -128,10 +128,12 @@ class Repository:
         """Every interface with its node's addressing facts, for the in-memory directory."""
         async with self._tx(write=False) as s:
             rows = await s.execute(
-                select(t.Interface.mac, t.Node.name, t.Node.admin_ip, t.Node.location)
+                select(t.Interface.mac, t.Node.name, t.Node.admin_ip, t.Node.location, t.Node.state,
+                       t.Node.profile, t.Node.token)
                 .join(t.Node, t.Interface.node_id == t.Node.id))
-            return [DirectoryEntry(mac, name, None if ip is None else IPv4Address(ip), loc)
-                    for mac, name, ip, loc in rows]
+            return [DirectoryEntry(mac, name, None if ip is None else IPv4Address(ip), loc,
+                                   NodeState(state), profile, token)
+                    for mac, name, ip, loc, state, profile, token in rows]
 
     async def inventory_stamp(self) -> int:
         """Changes whenever any node changes: every change appends an event in its transaction."""

@@ -25,7 +25,7 @@ from ipaddress import IPv4Address, IPv4Interface
 import netifaces
 
 from bootd.config import Config, DhcpMode, Subnet
-from bootd.db.records import LeaseRecord
+from bootd.db.records import LeaseRecord, LeaseState
 from bootd.db.repository import Repository
 from bootd.dhcp.decide import PXE_PORT, SERVER_PORT, Decider, Ingress
 from bootd.dhcp.leases import LeaseTable
@@ -34,7 +34,7 @@ from bootd.dhcp.packet import parse
 from bootd.dhcp.probe import ArpProber, IcmpProber
 from bootd.dhcp.transport import Datagram, DhcpSocket
 from bootd.errors import BootdError
-from bootd.logs import kv
+from bootd.logs import Throttle, kv
 from bootd.policy import Policy
 
 log = logging.getLogger("bootd.dhcp")
@@ -117,12 +117,16 @@ class DhcpService:
         self._ingress: dict[tuple[str, int], Ingress] = {}
         self._stocks: list[_Stock] = []
         self._refill = asyncio.Event()
-        self._last_logged: dict[tuple[str, str], float] = {}
+        self._log_drop = Throttle(DROP_LOG_INTERVAL)
 
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
-        self.table.load(await self._repo.list_leases())
+        records = await self._repo.list_leases()
+        self.table.load(records)
+        for record in records:
+            if record.state is LeaseState.BOUND:
+                self._policy.leased(record.mac, record.ip)
         ports = (SERVER_PORT, PXE_PORT) if self.config.dhcp.mode is DhcpMode.PROXY else (SERVER_PORT,)
         for interface in self.config.interfaces:
             addresses = _ipv4_interfaces(interface)
@@ -185,6 +189,8 @@ class DhcpService:
             return
         if outcome.client is not None and outcome.client.booting:
             self._policy.booted(outcome.client, outcome.location)
+        if outcome.persist is not None and outcome.persist.state is LeaseState.BOUND:
+            self._policy.leased(outcome.persist.mac, IPv4Address(outcome.persist.ip))
         if outcome.extra.get("exhausted"):
             self._refill.set()
         reply = outcome.reply
@@ -215,12 +221,7 @@ class DhcpService:
     def _dropped(self, what: str, reason: str, source: tuple[str, int], interface: str,
                  mac: str | None = None) -> None:
         self.counters[what] += 1
-        now = time.monotonic()
-        key = (reason, source[0])
-        if now - self._last_logged.get(key, -DROP_LOG_INTERVAL) >= DROP_LOG_INTERVAL:
-            self._last_logged[key] = now
-            if len(self._last_logged) > 10_000:
-                self._last_logged.clear()
+        if self._log_drop(time.monotonic(), reason, source[0]):
             log.warning(f"dropped {what} packet", extra=kv(reason=reason, source=f"{source[0]}:{source[1]}",
                                                             interface=interface, mac=mac))
 
