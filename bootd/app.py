@@ -32,6 +32,7 @@ from bootd.dhcp.server import DhcpService
 from bootd.errors import BootdError, ConfigError
 from bootd.http.server import HttpService
 from bootd.keys import SecretBox, api_token
+from bootd.lifecycle import LifecycleService
 from bootd.logs import kv
 from bootd.policy import Policy
 from bootd.sdnotify import Notifier
@@ -60,7 +61,7 @@ ServiceFactory = Callable[[Config, Repository], list[Service]]
 
 def build_services(config: Config, repo: Repository) -> list[Service]:
     policy = Policy(config, repo)
-    services: list[Service] = [policy]
+    services: list[Service] = [policy, LifecycleService(config, repo)]
     if config.services.http:
         services.append(HttpService(config, repo, api_token(config.http.api_token_file)))
     if config.services.dhcp:

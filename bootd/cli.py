@@ -23,12 +23,94 @@ from bootd.config import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, Config, load_co
 from bootd.db.engine import open_database
 from bootd.db.records import NewNode, NodeRecord
 from bootd.db.repository import Repository
-from bootd.errors import BootdError, ConfigError, InvalidInput
-from bootd.http.api import lease_json, node_json
+from bootd.errors import BootdError, ConfigError, Conflict, InvalidInput, NotFound
+from bootd.http.api import event_json, lease_json, node_json
 from bootd.keys import SecretBox
+from bootd.model.lifecycle import Actor
+from bootd.model.states import NodeState
 
 T = TypeVar("T")
 ACTOR = "cli"
+
+
+def _selector(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--rack", help="every node in this rack")
+    cmd.add_argument("--state", dest="in_state", metavar="STATE", help="every node in this state")
+    cmd.add_argument("--all", action="store_true", help="every node")
+
+
+async def _selected(args: argparse.Namespace, r: Repository) -> list[str]:
+    picks = [bool(args.names), args.rack is not None, args.in_state is not None, args.all]
+    if sum(picks) != 1:
+        raise InvalidInput("name nodes, or give exactly one of --rack, --state, --all")
+    if args.names:
+        return list(args.names)
+    nodes = await r.list_nodes()
+    if args.rack is not None:
+        return [n.name for n in nodes if n.rack == args.rack]
+    if args.in_state is not None:
+        try:
+            state = NodeState(args.in_state)
+        except ValueError:
+            raise InvalidInput(f"{args.in_state!r} is not a node state") from None
+        return [n.name for n in nodes if n.state is state]
+    return [n.name for n in nodes]
+
+
+OPERATIONS = {"allocate": NodeState.HARDWARE_INSTALLING, "reinstall": NodeState.REINSTALL,
+              "reset": NodeState.RESET, "delete": NodeState.DELETE}
+
+
+async def _operate(args: argparse.Namespace, config: Config) -> int:
+    """One lifecycle operation on selected nodes; one line per node, non-zero if any failed."""
+    target = OPERATIONS[args.action]
+    rename = getattr(args, "rename", None)
+    profile = getattr(args, "profile", None)
+
+    async def run(r: Repository) -> list[tuple[str, str | None]]:
+        names = await _selected(args, r)
+        if rename and len(names) != 1:
+            raise InvalidInput("--rename needs exactly one node")
+        out: list[tuple[str, str | None]] = []
+        for name in names:
+            try:
+                node = await r.transition(name, target, Actor.OPERATOR, actor=ACTOR,
+                                          profile=profile, rename=rename)
+                out.append((node.name, None))
+            except (Conflict, NotFound, InvalidInput) as exc:
+                if len(args.names) == 1:
+                    raise  # one node named: its error is the command's error
+                out.append((name, str(exc)))
+        return out
+    results = await _with_repo(config, run)
+    if not results:
+        print("no nodes selected")
+    for name, error in results:
+        if error is None and target is NodeState.DELETE:
+            print(f"deleted node {name}")
+        elif error is None:
+            print(f"{name}: {target.value}")
+        else:
+            print(f"{name}: failed: {error}", file=sys.stderr)
+    return 1 if any(e for _, e in results) else 0
+
+
+async def _render(args: argparse.Namespace, config: Config) -> int:
+    from bootd import boot
+
+    async def fetch(r: Repository) -> tuple[NodeRecord, str]:
+        node = await r.get_node(args.name)
+        return node, await r.node_token(node.name)
+    node, token = await _with_repo(config, fetch)
+    state = NodeState(args.state) if args.state else node.state
+    view = boot.NodeView(node.name, node.boot_mac or "00:00:00:00:00:00", state,
+                         args.profile or node.profile, token, node.admin_ip)
+    if args.kind in boot.SCRIPT_TEMPLATES:
+        text = boot.script(args.kind, view, config)
+    else:
+        text = boot.answer(args.kind, view, config)
+    sys.stdout.write(text)
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,8 +150,31 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--bmc-password-file", type=Path, metavar="FILE",
                      help="file holding the BMC password ('-' for stdin)")
     add.add_argument("--json", action="store_true")
-    delete = nsub.add_parser("delete", parents=[common], help="remove a node (its events stay)")
-    delete.add_argument("name")
+    delete = nsub.add_parser("delete", parents=[common],
+                             help="remove nodes (events stay; the next boot is a new discovery)")
+    delete.add_argument("names", nargs="*", metavar="NAME")
+    _selector(delete)
+    alloc = nsub.add_parser("allocate", parents=[common],
+                            help="give discovered nodes a profile: on to hardware-install")
+    alloc.add_argument("names", nargs="*", metavar="NAME")
+    _selector(alloc)
+    alloc.add_argument("--profile", help="OS profile (default: the node's own)")
+    alloc.add_argument("--rename", metavar="NEW", help="new name (one node only)")
+    for op, text in (("reinstall", "send nodes back to OS install"),
+                     ("reset", "forget nodes' installs: back to discovery")):
+        cmd = nsub.add_parser(op, parents=[common], help=text)
+        cmd.add_argument("names", nargs="*", metavar="NAME")
+        _selector(cmd)
+    ev = nsub.add_parser("events", parents=[common], help="a node's event log")
+    ev.add_argument("name")
+    ev.add_argument("--limit", type=int, default=1000)
+    ev.add_argument("--json", action="store_true")
+    rend = nsub.add_parser("render", parents=[common],
+                           help="print what a node gets (or would get in a state / with a profile)")
+    rend.add_argument("name")
+    rend.add_argument("kind", choices=["ipxe", "pxelinux", "grub", "kickstart", "preseed", "user-data"])
+    rend.add_argument("--state", choices=[s.value for s in NodeState if s is not NodeState.DELETE])
+    rend.add_argument("--profile")
 
     leases = sub.add_parser("leases", parents=[common], help="DHCP leases")
     lsub = leases.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -181,9 +286,20 @@ async def _nodes(args: argparse.Namespace, config: Config) -> int:
             _print_json(node_json(node))
         else:
             print(f"added node {node.name} ({node.state.value})")
-    elif args.action == "delete":
-        await _with_repo(config, lambda r: r.delete_node(args.name, actor=ACTOR))
-        print(f"deleted node {args.name}")
+    elif args.action in OPERATIONS:
+        return await _operate(args, config)
+    elif args.action == "events":
+        events = await _with_repo(config, lambda r: r.events(args.name, limit=args.limit))
+        if not events:
+            await _with_repo(config, lambda r: r.get_node(args.name))  # NotFound for no such node
+        if args.json:
+            _print_json({"events": [event_json(e) for e in events]})
+        else:
+            print(_table([[str(e.id), e.at.isoformat(timespec="seconds"), e.kind,
+                           f"{e.from_state or '-'} -> {e.to_state or '-'}", e.actor, e.message]
+                          for e in events], ["ID", "AT", "KIND", "STATE", "BY", "MESSAGE"]))
+    elif args.action == "render":
+        return await _render(args, config)
     return 0
 
 

@@ -23,7 +23,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bootd.errors import ConfigError, InvalidInput
-from bootd.model.names import dns_domain
+from bootd.model.lifecycle import DEFAULT_RETRIES, DEFAULT_TIMEOUTS
+from bootd.model.names import dns_domain, node_name
+from bootd.model.profiles import BUILTIN, Family, Profile
+from bootd.model.states import NodeState
+from bootd.render import check as render_check
 
 DEFAULT_CONFIG_PATH = Path("/etc/bootd/bootd.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/bootd")
@@ -134,6 +138,24 @@ class TftpConfig:
 
 
 @dataclass(frozen=True)
+class InstallConfig:
+    """What every rendered kickstart/preseed/user-data puts on the node."""
+
+    # crypt(3) hash for root; "!" locks the password (log in with the SSH keys).
+    root_password_hash: str = "!"  # noqa: S105 - not a password: the locked-account marker
+    ssh_keys: tuple[str, ...] = ()
+    disk: str = ""  # e.g. "sda"; "" = the installer's first disk
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class LifecycleConfig:
+    timeouts: dict[NodeState, int] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
+    retries: int = DEFAULT_RETRIES
+    check_interval: float = 10.0
+
+
+@dataclass(frozen=True)
 class HttpConfig:
     host: str
     port: int
@@ -154,6 +176,9 @@ class Config:
     dhcp: DhcpConfig = field(default_factory=DhcpConfig)
     boot: BootConfig = field(default_factory=BootConfig)
     tftp: TftpConfig = field(default_factory=TftpConfig)
+    install: InstallConfig = field(default_factory=InstallConfig)
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
+    profiles: dict[str, Profile] = field(default_factory=lambda: dict(BUILTIN))
 
     @property
     def http_base(self) -> str:
@@ -390,13 +415,17 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     dhcp = _dhcp(root.table("dhcp"))
     boot = _boot(root.table("boot"))
     tftp = _tftp(root.table("tftp"))
+    install = _install(root.table("install"))
+    lifecycle = _lifecycle(root.table("lifecycle"))
+    profiles = _profiles(root.table("profiles"))
 
     subnets_raw = root.get("subnets", list, [])
     subnets = [_subnet(_Table(source, f"subnets[{i}]", item), admin) for i, item in enumerate(subnets_raw)]
     _check_subnets_disjoint(source, subnets)
     root.finish()
     return Config(source, admin, tuple(interfaces), state_dir, db_url, log_level, services,
-                  HttpConfig(host, port, Path(token_text)), tuple(subnets), dhcp, boot, tftp)
+                  HttpConfig(host, port, Path(token_text)), tuple(subnets), dhcp, boot, tftp,
+                  install, lifecycle, profiles)
 
 
 def _dhcp(t: _Table) -> DhcpConfig:
@@ -437,6 +466,90 @@ def _tftp(t: _Table) -> TftpConfig:
         raise t.error("timeout", "must be between 0.1 and 255 seconds")
     t.finish()
     return TftpConfig(timeout=float(timeout), **values)
+
+
+def _install(t: _Table) -> InstallConfig:
+    d = InstallConfig()
+    hash_ = t.get("root_password_hash", str, d.root_password_hash)
+    if hash_ != "!" and not (hash_.startswith("$") and hash_.count("$") >= 3 and hash_.isprintable()
+                             and " " not in hash_):
+        raise t.error("root_password_hash", "must be a crypt(3) hash such as $6$salt$hash "
+                      "(mkpasswd -m sha-512), or \"!\" to lock the password")
+    keys = t.get("ssh_keys", list, [])
+    for i, key in enumerate(keys):
+        if not isinstance(key, str) or not key.startswith(("ssh-", "ecdsa-", "sk-")) \
+                or not key.isprintable() or len(key.split()) < 2:
+            raise t.error(f"ssh_keys[{i}]", "is not an OpenSSH public key line")
+    disk = t.get("disk", str, d.disk)
+    if disk and not (disk.replace("/", "").replace("-", "").replace("_", "").isalnum()
+                     and len(disk) <= 64):
+        raise t.error("disk", f"{disk!r} is not a disk name such as sda or nvme0n1")
+    tz = t.get("timezone", str, d.timezone)
+    if not tz or not all(c.isalnum() or c in "/_+-" for c in tz):
+        raise t.error("timezone", f"{tz!r} is not a time zone name such as UTC or Europe/Berlin")
+    t.finish()
+    return InstallConfig(hash_, tuple(keys), disk, tz)
+
+
+def _lifecycle(t: _Table) -> LifecycleConfig:
+    d = LifecycleConfig()
+    retries = t.get("retries", int, d.retries)
+    if not 0 <= retries <= 100:
+        raise t.error("retries", "must be between 0 and 100")
+    timeouts = dict(d.timeouts)
+    tt = t.table("timeouts")
+    for key in list(tt.data):
+        try:
+            state = NodeState(key)
+        except ValueError:
+            raise tt.error(key, "is not a node state") from None
+        value = tt.get(key, int, 0)
+        if state not in DEFAULT_TIMEOUTS:
+            raise tt.error(key, f"{key} has no timeout (only {', '.join(DEFAULT_TIMEOUTS)})")
+        if not 0 <= value <= 30 * 86400:
+            raise tt.error(key, "must be between 0 (never) and 2592000 seconds")
+        timeouts[state] = value
+    tt.finish()
+    interval = t.get("check_interval", int, 10)
+    if not 1 <= interval <= 3600:
+        raise t.error("check_interval", "must be between 1 and 3600 seconds")
+    t.finish()
+    return LifecycleConfig(timeouts, retries, float(interval))
+
+
+def _profiles(t: _Table) -> dict[str, Profile]:
+    profiles = dict(BUILTIN)
+    for name in list(t.data):
+        pt = t.table(name)
+        try:
+            node_name(name)
+        except InvalidInput:
+            raise t.error(name, "a profile name is letters, digits, '-' and '.'") from None
+        base = BUILTIN.get(name)
+        family_text = pt.get("family", str, base.family.value if base else "")
+        try:
+            family = Family(family_text)
+        except ValueError:
+            raise pt.error("family", f"{family_text!r} is not one of "
+                           f"{', '.join(f.value for f in Family)}") from None
+        kernel = pt.parse("kernel", _loader_path) or (base.kernel if base else f"images/{name}/vmlinuz")
+        initrd = pt.parse("initrd", _loader_path) or (base.initrd if base else f"images/{name}/initrd.img")
+        tree = pt.get("tree", str, base.tree if base else "")
+        if tree and not tree.startswith(("http://", "https://", "ftp://", "nfs:")):
+            raise pt.error("tree", f"{tree!r} is not an http://, https://, ftp:// or nfs: URL")
+        template = pt.get("template", str, base.template if base else "")
+        if not template:
+            raise pt.error("template", "is required for a profile that is not built in")
+        try:
+            render_check(template)
+        except InvalidInput as exc:
+            raise pt.error("template", str(exc)) from None
+        extra = pt.get("extra_args", str, base.extra_args if base else "")
+        if not extra.isprintable():
+            raise pt.error("extra_args", "must be printable text")
+        pt.finish()
+        profiles[name] = Profile(name, family, kernel, initrd, tree, template, extra)
+    return profiles
 
 
 def _loader_path(text: str) -> str:

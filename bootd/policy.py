@@ -24,6 +24,8 @@ import logging
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+from bootd import boot
+from bootd.boot import NodeView
 from bootd.config import Config
 from bootd.db.records import DirectoryEntry
 from bootd.db.repository import Repository
@@ -37,8 +39,6 @@ from bootd.render import BootTarget, render
 log = logging.getLogger("bootd.policy")
 REFRESH_SECONDS = 2.0
 ACTOR = "dhcp"
-LOCAL_BOOT = {NodeState.INSTALLED, NodeState.READYING, NodeState.READY}
-INSTALL = {NodeState.INSTALLING, NodeState.REINSTALL}
 
 
 def _mac_from(leaf: str) -> str | None:
@@ -104,23 +104,16 @@ class Policy:
             Arch.EFI_ARM64: boot.uefi_arm64, Arch.EFI_ARM64_HTTP: boot.uefi_arm64,
         }.get(arch) if arch is not None else None
 
-    def target(self, mac: str) -> BootTarget:
-        """What this machine boots now, by its state (the lifecycle issue refines the table)."""
+    def view(self, mac: str) -> NodeView:
+        """The rendering facts of the machine with this MAC (known or not)."""
         node = self._nodes.get(mac)
-        base = self.config.http_base
-        state = node.state if node is not None else NodeState.DISCOVERING
-        name = node.name if node is not None else "-"
-        describe = f"{name} ({mac}) in {state.value}"
-        if state in LOCAL_BOOT:
-            return BootTarget("local", mac, describe)
-        args = f"bootd.url={base} bootd.state={state.value} bootd.node={name}"
-        if node is not None:
-            args += f" bootd.token={node.token}"
-        if state in INSTALL and node is not None and node.profile:
-            return BootTarget("install", mac, describe, f"images/{node.profile}/vmlinuz",
-                              f"images/{node.profile}/initrd.img", args)
-        return BootTarget("discovery", mac, describe, "images/discovery/vmlinuz",
-                          "images/discovery/initrd.img", args)
+        if node is None:
+            return NodeView("-", mac, NodeState.DISCOVERING)
+        return NodeView(node.name, mac, node.state, node.profile, node.token, node.admin_ip)
+
+    def target(self, mac: str) -> BootTarget:
+        """What this machine boots now, by its state (bootd.boot)."""
+        return boot.target(self.view(mac), self.config)
 
     def leased(self, mac: str, ip: IPv4Address) -> None:
         """DHCP bound `ip` to `mac`: TFTP and HTTP can tell who asks by source address."""
@@ -134,13 +127,22 @@ class Policy:
             mac = _mac_from(leaf) or self._macs_by_ip.get(peer)
             if mac is None:  # "default" or a hex-IP name from a machine we never leased
                 return None
-            return render("pxelinux.cfg.j2", target=self.target(mac)).encode()
+            return self._script("pxelinux", mac)
         if leaf == "grub.cfg" or leaf.startswith("grub.cfg-"):
             mac = _mac_from(leaf.removeprefix("grub.cfg-")) or self._macs_by_ip.get(peer)
             if mac is None:
                 return render("grub-common.cfg.j2").encode()
-            return render("grub.cfg.j2", target=self.target(mac)).encode()
+            return self._script("grub", mac)
         return None
+
+    def _script(self, kind: str, mac: str) -> bytes:
+        try:
+            return boot.script(kind, self.view(mac), self.config).encode()
+        except BootdError as exc:
+            # A node allocated with a profile the config no longer has: say so in
+            # the config it boots, which then does nothing, and in the log.
+            log.warning("cannot render boot config", extra=kv(mac=mac, kind=kind, reason=str(exc)))
+            return f"# bootd: {exc}\n".encode()
 
     # -- what protocols saw (asynchronous writes) ------------------------------
 

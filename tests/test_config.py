@@ -134,6 +134,20 @@ BAD = [
      "must be an array, not a table"),
     ('subnets = ["198.18.0.0/24"]\n[server]\nadmin_address = "1.2.3.4"\ninterfaces = ["e"]\n',
      "subnets[0]", "must be a table, not a string"),
+    # [tftp], [install], [lifecycle], [profiles.*]
+    (GOOD + "[tftp]\nmax_blksize = 100\n", "tftp.max_blksize", "between 512 and 65464"),
+    (GOOD + "[tftp]\ntimeout = \"1\"\n", "tftp.timeout", "number of seconds"),
+    (GOOD + '[install]\nroot_password_hash = "hunter2"\n', "install.root_password_hash", "crypt(3)"),
+    (GOOD + '[install]\nssh_keys = ["not a key"]\n', "install.ssh_keys[0]", "OpenSSH public key"),
+    (GOOD + '[install]\ndisk = "sda; rm -rf /"\n', "install.disk", "not a disk name"),
+    (GOOD + "[lifecycle.timeouts]\nflying = 3\n", "lifecycle.timeouts.flying", "not a node state"),
+    (GOOD + "[lifecycle.timeouts]\nready = 3\n", "lifecycle.timeouts.ready", "has no timeout"),
+    (GOOD + '[profiles.my-os]\nfamily = "kickstart"\n', "profiles.my-os.template", "is required"),
+    (GOOD + '[profiles.my-os]\nfamily = "windows"\ntemplate = "x"\n', "profiles.my-os.family",
+     "not one of"),
+    (GOOD + '[profiles.my-os]\nfamily = "kickstart"\ntemplate = "kickstart/nope.j2"\n',
+     "profiles.my-os.template", "not found"),
+    (GOOD + '[profiles.rocky-9]\ntree = "file:///etc"\n', "profiles.rocky-9.tree", "not an http"),
 ]
 
 
@@ -170,3 +184,14 @@ def test_restart_needed_for_lists_socket_and_database_keys() -> None:
     assert a.restart_needed_for(b) == []
     c = parse_config(_edit('listen = "198.18.0.1:8081"', 'listen = "198.18.0.1:8082"'))
     assert a.restart_needed_for(c) == ["http.listen"]
+
+
+def test_profiles_builtin_and_operator_added() -> None:
+    config = parse_config(GOOD + '[profiles.alma-9]\nfamily = "kickstart"\n'
+                          'template = "kickstart/rocky-9.ks.j2"\n'
+                          'tree = "http://mirror.example/alma/9/BaseOS/x86_64/os"\n')
+    assert {"ubuntu-20.04", "ubuntu-24.04", "rhel-5.6", "rocky-9", "alma-9"} <= set(config.profiles)
+    alma = config.profiles["alma-9"]
+    assert (alma.kernel, alma.tree_url("http://x")) == ("images/alma-9/vmlinuz",
+                                                          "http://mirror.example/alma/9/BaseOS/x86_64/os")
+    assert config.profiles["rocky-9"].tree_url("http://h:8080") == "http://h:8080/images/rocky-9/tree"

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from conftest import loopback_config
 
+from bootd.config import parse_config
 from bootd.db.engine import open_database
 from bootd.db.records import NewNode
 from bootd.db.repository import Repository
@@ -16,6 +18,7 @@ from bootd.http.server import build_app
 from bootd.keys import SecretBox
 
 TOKEN = "operator-token"
+CONFIG = parse_config(loopback_config(Path("/nonexistent/state"), 8080))
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -28,7 +31,7 @@ async def repo(tmp_path: Path) -> AsyncIterator[Repository]:
 
 @pytest.fixture
 async def client(repo: Repository) -> AsyncIterator[TestClient]:
-    async with TestClient(TestServer(build_app(repo, TOKEN))) as c:
+    async with TestClient(TestServer(build_app(repo, TOKEN, CONFIG))) as c:
         yield c
 
 
@@ -61,7 +64,8 @@ async def test_nodes_json_has_no_secrets(client: TestClient, repo: Repository) -
     assert node["interfaces"] == [{"mac": "52:54:00:00:00:01", "boot": True}]
     assert node["bmc"] == {"address": "198.18.0.200", "username": "admin"}
     assert set(node) == {"name", "state", "allocated", "profile", "admin_ip", "rack", "location",
-                         "interfaces", "bmc", "created_at", "updated_at", "state_changed_at"}
+                         "interfaces", "bmc", "created_at", "updated_at", "state_changed_at",
+                         "retries", "inventory"}
     one = await client.get("/api/v1/nodes/N1", headers=AUTH)
     assert (await one.json())["name"] == "n1"
 
@@ -103,7 +107,7 @@ class _BrokenRepository:
 
 
 async def test_database_failure_is_503_with_reason() -> None:
-    app = build_app(_BrokenRepository(), TOKEN)  # type: ignore[arg-type]
+    app = build_app(_BrokenRepository(), TOKEN, CONFIG)  # type: ignore[arg-type]
     async with TestClient(TestServer(app)) as c:
         health = await c.get("/healthz")
         assert health.status == 503

@@ -21,7 +21,10 @@ from bootd_proc import WAIT, Bootd
 from conftest import REPO
 from netlab import Host, Lab
 
-from bootd.render import BootTarget, render
+from bootd import boot
+from bootd.boot import NodeView
+from bootd.config import load_config
+from bootd.model.states import NodeState
 
 pytestmark = pytest.mark.lab
 SERVER = "198.18.0.1"
@@ -135,13 +138,12 @@ def test_netascii_mode(rig: Rig, tmp_path: Path) -> None:
 def test_generated_pxelinux_and_grub_configs(rig: Rig, tmp_path: Path) -> None:
     mac = "52:54:00:12:34:56"
     dashed = mac.replace(":", "-")
-    target = BootTarget("discovery", mac, f"- ({mac}) in discovering", "images/discovery/vmlinuz",
-                        "images/discovery/initrd.img",
-                        f"bootd.url=http://{SERVER}:8080 bootd.state=discovering bootd.node=-")
-    wants = {f"pxelinux.cfg/01-{dashed}": render("pxelinux.cfg.j2", target=target).encode(),
-             f"grub/grub.cfg-01-{dashed}": render("grub.cfg.j2", target=target).encode(),
-             f"/grub/grub.cfg-01-{dashed}": render("grub.cfg.j2", target=target).encode()}
-    assert b"KERNEL images/discovery/vmlinuz" in wants[f"pxelinux.cfg/01-{dashed}"]
+    config = load_config(rig.tmp / "bootd.toml")
+    view = NodeView("-", mac, NodeState.DISCOVERING)
+    pxelinux, grub = (boot.script(k, view, config).encode() for k in ("pxelinux", "grub"))
+    wants = {f"pxelinux.cfg/01-{dashed}": pxelinux, f"grub/grub.cfg-01-{dashed}": grub,
+             f"/grub/grub.cfg-01-{dashed}": grub}
+    assert b"KERNEL /images/discovery/vmlinuz" in wants[f"pxelinux.cfg/01-{dashed}"]
     for name, want in wants.items():
         for kind, (argv, out) in clients(tmp_path, name).items():
             if kind == "curl" and name.startswith("/"):

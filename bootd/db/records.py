@@ -59,6 +59,8 @@ class NodeRecord:
     created_at: datetime
     updated_at: datetime
     state_changed_at: datetime
+    retries: int = 0
+    inventory: str | None = None  # JSON text from the discovery agent
 
     @property
     def boot_mac(self) -> str | None:

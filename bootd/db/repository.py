@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from ipaddress import IPv4Address
 
@@ -39,6 +40,7 @@ from bootd.db.records import (
 )
 from bootd.errors import Conflict, DatabaseUnavailable, InvalidInput, NotFound
 from bootd.keys import SecretBox, new_node_token
+from bootd.model.lifecycle import Actor, allowed, targets
 from bootd.model.names import mac_address, node_name, short_text
 from bootd.model.states import NodeState
 
@@ -174,11 +176,108 @@ class Repository:
             return (await self._load(s, name)).token
 
     async def events(self, name: str, limit: int = 1000) -> list[EventRecord]:
+        """A node's log: by its id while it exists (so it spans renames), else by name."""
         async with self._tx(write=False) as s:
-            rows = await s.scalars(
-                select(t.Event).where(t.Event.node_name == name)
-                .order_by(t.Event.id.desc()).limit(limit))
+            node_id = await s.scalar(select(t.Node.id).where(t.Node.name == name.lower()))
+            which = t.Event.node_id == node_id if node_id is not None else t.Event.node_name == name
+            rows = await s.scalars(select(t.Event).where(which).order_by(t.Event.id.desc()).limit(limit))
             return [_event_record(e) for e in reversed(list(rows))]
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def transition(self, name: str, target: NodeState, who: Actor, *, actor: str,
+                         message: str = "", expect: NodeState | None = None,
+                         profile: str | None = None, rename: str | None = None,
+                         inventory: str | None = None) -> NodeRecord:
+        """The one writer of node state: checks the move against the lifecycle table,
+        writes the new state and its event in one transaction.
+
+        `expect` refuses the move if the node is no longer where the caller saw it
+        (a stale or replayed callback). Allocation (discovered -> hardware-installing)
+        takes the profile and optionally a new name; reset forgets the allocation;
+        delete removes the node (its next boot is a new discovery).
+        """
+        message = short_text(message, "message", 2000) if message else ""
+        async with self._tx(write=True) as s:
+            node = await self._load(s, name)
+            source = NodeState(node.state)
+            if expect is not None and source is not expect:
+                raise Conflict(f"node {node.name} is {source.value}, not {expect.value} "
+                               f"(stale or replayed request)")
+            if source is target:
+                raise Conflict(f"node {node.name} is already {target.value}")
+            if not allowed(source, target, who):
+                can = ", ".join(x.value for x in targets(source, who)) or "nothing"
+                raise Conflict(f"{who.value} cannot move node {node.name} from {source.value} to "
+                               f"{target.value} (allowed from {source.value}: {can})")
+            now = self._clock()
+            if target is NodeState.DELETE:
+                self._event(s, node, "deleted", source, None, actor, message)
+                await s.flush()
+                record = _node_record(node)
+                await s.delete(node)
+                return replace(record, state=NodeState.DELETE)
+            if source is NodeState.DISCOVERED and target is NodeState.HARDWARE_INSTALLING:
+                profile = profile if profile is not None else node.profile
+                if not profile:
+                    raise InvalidInput(f"allocating node {node.name} needs a profile")
+                node.profile, node.allocated = short_text(profile, "profile", 64), True
+                if rename is not None and node_name(rename) != node.name:
+                    new = node_name(rename)
+                    if await s.scalar(select(t.Node.id).where(t.Node.name == new)) is not None:
+                        raise Conflict(f"a node named {new} already exists")
+                    self._event(s, node, "renamed", None, None, actor, f"new name {new}")
+                    node.name = new
+                message = (message + " " if message else "") + f"allocated profile={node.profile}"
+            elif target is NodeState.RESET:
+                node.allocated = False
+            if inventory is not None:
+                node.inventory = inventory
+            node.state, node.state_changed_at, node.updated_at, node.retries = target.value, now, now, 0
+            self._event(s, node, "transition", source, target, actor, message)
+            await s.flush()
+            return _node_record(node)
+
+    async def update_node(self, name: str, *, rack: str | None = None, profile: str | None = None,
+                          actor: str) -> NodeRecord:
+        """Operator edits that do not move the node (its state has its own writer)."""
+        async with self._tx(write=True) as s:
+            node = await self._load(s, name)
+            changes = []
+            if rack is not None:
+                node.rack = short_text(rack, "rack", 64) if rack else None
+                changes.append(f"rack={rack or '-'}")
+            if profile is not None:
+                node.profile = short_text(profile, "profile", 64) if profile else None
+                changes.append(f"profile={profile or '-'}")
+            if changes:
+                node.updated_at = self._clock()
+                self._event(s, node, "updated", None, None, actor, " ".join(changes))
+            await s.flush()
+            return _node_record(node)
+
+    async def retry_state(self, name: str, expect: NodeState, changed_at: datetime, budget: int, *,
+                          reason: str) -> NodeRecord | None:
+        """The timer found `name` overdue in `expect`: spend one retry (restart the
+        state's clock), or move it to problem once the budget is spent. None if
+        the node moved meanwhile (the timer saw an old snapshot)."""
+        async with self._tx(write=True) as s:
+            node = await s.scalar(select(t.Node).where(t.Node.name == name))
+            if node is None or node.state != expect.value or node.state_changed_at != changed_at:
+                return None
+            now = self._clock()
+            if (node.retries or 0) < budget:
+                node.retries = (node.retries or 0) + 1
+                node.state_changed_at, node.updated_at = now, now
+                self._event(s, node, "timeout", expect, expect, "timer",
+                            f"{reason}; retry {node.retries} of {budget}")
+            else:
+                node.state, node.state_changed_at, node.updated_at, node.retries = (
+                    NodeState.PROBLEM.value, now, now, 0)
+                self._event(s, node, "transition", expect, NodeState.PROBLEM, "timer",
+                            f"{reason}; no retries left")
+            await s.flush()
+            return _node_record(node)
 
     # -- BMCs ----------------------------------------------------------------
 
@@ -285,6 +384,7 @@ def _node_record(n: t.Node) -> NodeRecord:
         interfaces=tuple(InterfaceRecord(i.mac, i.is_boot) for i in ifaces),
         bmc=None if n.bmc is None else BmcRecord(n.bmc.address, n.bmc.username),
         created_at=n.created_at, updated_at=n.updated_at, state_changed_at=n.state_changed_at,
+        retries=n.retries or 0, inventory=n.inventory,
     )
 
 

@@ -76,6 +76,10 @@ class Node(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
     state_changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # Timeouts spent in the current state (the timer's retry budget); 0 on every move.
+    retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # What the discovery agent reported (JSON text), shown by `nodes show`.
+    inventory: Mapped[str | None] = mapped_column(Text)
 
     interfaces: Mapped[list[Interface]] = relationship(
         back_populates="node", cascade="all, delete-orphan", lazy="selectin",

@@ -6,14 +6,17 @@ records never carry secrets (node tokens, BMC passwords); see db/records.py.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
 
 from bootd import __version__
-from bootd.db.records import LeaseRecord, NodeRecord
+from bootd.db.records import EventRecord, LeaseRecord, NodeRecord
 from bootd.db.repository import Repository
-from bootd.errors import BootdError
+from bootd.errors import BootdError, Conflict, InvalidInput, NotFound
+from bootd.model.lifecycle import Actor
+from bootd.model.states import NodeState
 
 REPO = web.AppKey("repository", Repository)
 
@@ -33,7 +36,16 @@ def node_json(node: NodeRecord) -> dict[str, Any]:
         "created_at": node.created_at.isoformat(),
         "updated_at": node.updated_at.isoformat(),
         "state_changed_at": node.state_changed_at.isoformat(),
+        "retries": node.retries,
+        "inventory": None if node.inventory is None else json.loads(node.inventory),
     }
+
+
+def event_json(e: EventRecord) -> dict[str, Any]:
+    return {"id": e.id, "node": e.node_name, "at": e.at.isoformat(), "kind": e.kind,
+            "from": None if e.from_state is None else e.from_state.value,
+            "to": None if e.to_state is None else e.to_state.value, "actor": e.actor,
+            "message": e.message}
 
 
 def lease_json(lease: LeaseRecord) -> dict[str, Any]:
@@ -65,10 +77,116 @@ async def list_leases(request: web.Request) -> web.Response:
     return web.json_response({"leases": [lease_json(lease) for lease in leases]})
 
 
+async def json_body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("body is not JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("body must be a JSON object")
+    return body
+
+
+def _opt_str(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise InvalidInput(f"{key} must be a string")
+    return value
+
+
+async def node_events(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    events = await request.app[REPO].events(name)
+    if not events:
+        await request.app[REPO].get_node(name)  # 404 for a node that never existed
+    return web.json_response({"events": [event_json(e) for e in events]})
+
+
+async def update_node(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    unknown = set(body) - {"rack", "profile"}
+    if unknown:
+        raise InvalidInput(f"cannot update {', '.join(sorted(unknown))} (only rack, profile)")
+    node = await request.app[REPO].update_node(
+        request.match_info["name"], rack=_opt_str(body, "rack"), profile=_opt_str(body, "profile"),
+        actor="api")
+    return web.json_response(node_json(node))
+
+
+async def _select(repo: Repository, body: dict[str, Any]) -> list[str]:
+    """Node names by selector: {"nodes": [...]}, {"rack": R}, {"state": S} or {"all": true}."""
+    if "nodes" in body:
+        names = body["nodes"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not names:
+            raise InvalidInput("nodes must be a non-empty list of names")
+        return names
+    nodes = await repo.list_nodes()
+    if "rack" in body:
+        return [n.name for n in nodes if n.rack == body["rack"]]
+    if "state" in body:
+        try:
+            state = NodeState(str(body["state"]))
+        except ValueError:
+            raise InvalidInput(f"{body['state']!r} is not a node state") from None
+        return [n.name for n in nodes if n.state is state]
+    if body.get("all") is True:
+        return [n.name for n in nodes]
+    raise InvalidInput('select nodes with "nodes", "rack", "state" or "all": true')
+
+
+OPERATIONS = {"allocate": NodeState.HARDWARE_INSTALLING, "reinstall": NodeState.REINSTALL,
+              "reset": NodeState.RESET, "delete": NodeState.DELETE}
+
+
+async def _operate(repo: Repository, op: str, name: str, body: dict[str, Any]) -> NodeRecord:
+    return await repo.transition(
+        name, OPERATIONS[op], Actor.OPERATOR, actor="api", message=_opt_str(body, "message") or "",
+        profile=_opt_str(body, "profile") if op == "allocate" else None,
+        rename=_opt_str(body, "name") if op == "allocate" else None)
+
+
+async def operate_one(request: web.Request) -> web.Response:
+    op = request.match_info["op"]
+    if op not in OPERATIONS:
+        raise NotFound(f"no operation {op!r} (one of {', '.join(OPERATIONS)})")
+    node = await _operate(request.app[REPO], op, request.match_info["name"], await json_body(request))
+    return web.json_response(node_json(node))
+
+
+async def delete_node(request: web.Request) -> web.Response:
+    node = await _operate(request.app[REPO], "delete", request.match_info["name"], {})
+    return web.json_response(node_json(node))
+
+
+async def operate_many(request: web.Request) -> web.Response:
+    """One operation on many nodes; per-node results, one failure does not stop the rest."""
+    op = request.match_info["op"]
+    if op not in OPERATIONS:
+        raise NotFound(f"no operation {op!r} (one of {', '.join(OPERATIONS)})")
+    body = await json_body(request)
+    if op == "allocate" and "name" in body:
+        raise InvalidInput("a new name only makes sense for one node")
+    results = []
+    for name in await _select(request.app[REPO], body):
+        try:
+            node = await _operate(request.app[REPO], op, name, body)
+            results.append({"node": name, "ok": True, "state": node.state.value})
+        except (Conflict, NotFound, InvalidInput) as exc:
+            results.append({"node": name, "ok": False, "error": str(exc)})
+    return web.json_response({"results": results})
+
+
 def routes() -> list[web.RouteDef]:
     return [
         web.get("/healthz", healthz),
         web.get("/api/v1/nodes", list_nodes),
         web.get("/api/v1/nodes/{name}", show_node),
+        web.patch("/api/v1/nodes/{name}", update_node),
+        web.delete("/api/v1/nodes/{name}", delete_node),
+        web.get("/api/v1/nodes/{name}/events", node_events),
+        web.post("/api/v1/nodes/{name}/{op}", operate_one),
+        web.post("/api/v1/{op}", operate_many),
         web.get("/api/v1/leases", list_leases),
     ]

@@ -20,7 +20,7 @@ from aiohttp import web
 from bootd.config import Config
 from bootd.db.repository import Repository
 from bootd.errors import BootdError, Conflict, DatabaseUnavailable, InvalidInput, NotFound
-from bootd.http import api
+from bootd.http import api, boot
 from bootd.logs import kv
 from bootd.service import BindError
 
@@ -50,11 +50,17 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except BootdError as exc:  # deliberate, but not the client's fault
         log.error("request failed", extra=kv(path=request.path, reason=str(exc)))
         return _error(500, str(exc))
+    except Exception as exc:  # a bug: one log line with the reason, a JSON 500, never a dead server
+        log.error("request failed unexpectedly", extra=kv(path=request.path,
+                                                          reason=f"{type(exc).__name__}: {exc}"))
+        return _error(500, "internal error; see the server log")
 
 
 @web.middleware
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/api/"):
+    # A node's progress callback carries the node's own token, checked by its handler.
+    if request.path.startswith("/api/") and not (request.method == "POST"
+                                                 and request.path.endswith("/transition")):
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         expected = request.app[TOKEN]
@@ -68,10 +74,14 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     return await handler(request)
 
 
-def build_app(repo: Repository, api_token: str) -> web.Application:
+def build_app(repo: Repository, api_token: str, config: Config) -> web.Application:
     app = web.Application(middlewares=[errors, auth], client_max_size=1024**2)
     app[api.REPO] = repo
+    app[boot.REPO] = repo
+    app[boot.SETTINGS] = boot.Settings(config)
     app[TOKEN] = api_token
+    # The node callback first: /api/v1/nodes/{name}/{op} would match it too.
+    app.add_routes(boot.routes())
     app.add_routes(api.routes())
     return app
 
@@ -81,7 +91,8 @@ class HttpService:
 
     def __init__(self, config: Config, repo: Repository, api_token: str) -> None:
         self._host, self._port = config.http.host, config.http.port
-        self._runner = web.AppRunner(build_app(repo, api_token), access_log=None)
+        self._app = build_app(repo, api_token, config)
+        self._runner = web.AppRunner(self._app, access_log=None)
         self._site: web.TCPSite | None = None
 
     @property
@@ -108,4 +119,6 @@ class HttpService:
         await self._runner.cleanup()
 
     def reconfigure(self, config: Config) -> None:
-        pass  # nothing in [http] besides the listen address, which needs a restart
+        # Profiles, install settings: the next rendered script uses them. The
+        # listen address needs a restart.
+        self._app[boot.SETTINGS].config = config

@@ -128,7 +128,7 @@ _DATA_HEADER = struct.Struct("!HH")
 
 
 def data(block: int, payload: bytes | memoryview) -> bytes:
-    return _DATA_HEADER.pack(Opcode.DATA, block & 0xFFFF) + payload
+    return _DATA_HEADER.pack(3, block & 0xFFFF) + payload  # 3: Opcode.DATA, as a plain int (hot path)
 
 
 def ack(block: int) -> bytes:

@@ -24,11 +24,10 @@ import socket
 import stat
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import cast
 
 import netifaces
 
@@ -44,7 +43,14 @@ log = logging.getLogger("bootd.tftp")
 IP_MTU = 14  # <linux/in.h>; the socket module does not export it
 TFTP_OVERHEAD = 20 + 8 + 4  # IPv4 header, UDP header, TFTP DATA header
 REFUSAL_LOG_INTERVAL = 60.0
+RECV_SIZE = 1024  # client datagrams are ACKs and ERRORs; a longer one is cut and fails to parse
 STALE_REQUEST_WINDOW = 2.0  # seconds: the same request from the same port right after completing
+# A lone lockstep transfer waits this long for its next ACK before going back to
+# the event loop: about one round trip to a client on the same segment, and far
+# less than a wake-up from epoll costs on these VMs (measured: 5.7 -> 21 MB/s at
+# blksize 512). The loop itself still gets its turn at least every SPIN_BUDGET.
+SPIN_SECONDS = 100e-6
+SPIN_BUDGET = 2e-3
 
 
 class TooLarge(Refused):
@@ -132,42 +138,100 @@ def transfer_socket(local: str, peer: tuple[str, int]) -> tuple[socket.socket, i
     return sock, mtu
 
 
-class _Transfer(asyncio.DatagramProtocol):
-    def __init__(self, service: TftpService, peer: tuple[str, int], name: str,
+class _Transfer:
+    """One transfer on its own connected socket, driven straight from the selector.
+
+    asyncio's datagram transport costs more per packet than the whole session
+    logic (about 10 us against 2 us, measured): a lockstep transfer is one
+    round trip per block, so the transfer reads and writes its socket itself.
+    """
+
+    def __init__(self, service: TftpService, sock: socket.socket, peer: tuple[str, int], name: str,
                  session: ReadSession, request: bytes) -> None:
-        self.service, self.peer, self.name, self.session = service, peer, name, session
-        self.request = request
-        self.transport: asyncio.DatagramTransport | None = None
+        self.service, self.sock, self.peer, self.name = service, sock, peer, name
+        self.session, self.request = session, request
+        self.fd = sock.fileno()
+        self.backlog: deque[bytes] = deque()  # datagrams waiting for room in the send buffer
+        self.closed = False
         # One timer per transfer, re-armed lazily: a window moves the deadline,
         # the callback re-schedules itself if it fires early (no heap churn per ACK).
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_running_loop()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # CPython 3.11's selector datagram transport does not subclass DatagramTransport.
-        self.transport = cast(asyncio.DatagramTransport, transport)
+    def start(self) -> None:
+        self.loop.add_reader(self.fd, self._readable)
         self._apply(self.session.start(self.loop.time()))
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+    def _readable(self) -> None:
+        # One datagram per wake-up (a second recv() would mostly fail with EAGAIN;
+        # the selector is level-triggered), except for a lone lockstep transfer:
+        # its next ACK is one round trip away, and waiting for it briefly here
+        # saves the event loop's wake-up on every block (see SPIN_SECONDS).
+        spin_until = 0.0
+        budget_end = time.perf_counter() + SPIN_BUDGET
+        while True:
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                if spin_until and time.perf_counter() < spin_until:
+                    continue
+                return
+            except ConnectionRefusedError:
+                # ICMP port unreachable: the client's port is closed, it has gone away.
+                self._finish(Done(False, "client went away (port unreachable)"))
+                return
+            except OSError as exc:
+                self._finish(Done(False, f"receive failed: {exc.strerror}"))
+                return
+            self._datagram(data)
+            if self.closed or self.session.windowsize != 1 or len(self.service.transfers) != 1:
+                return
+            now = time.perf_counter()
+            if now >= budget_end:
+                return  # let the loop run: other services, new requests
+            spin_until = now + SPIN_SECONDS
+
+    def _datagram(self, data: bytes) -> None:
         # The socket is connected: only the client's datagrams arrive here.
-        if len(data) == 4 and data[0] == 0 and data[1] == p.Opcode.ACK:
+        if len(data) == 4 and data[0] == 0 and data[1] == 4:  # ACK, the hot path
             actions = self.session.ack((data[2] << 8) | data[3], self.loop.time())
         else:
             try:
                 packet = p.parse(data)
             except p.MalformedPacket as exc:
-                self._apply([Send(p.error(p.ErrorCode.ILLEGAL_OPERATION, str(exc))),
-                             Done(False, f"malformed packet: {exc}")])
-                return
-            actions = self.session.receive(packet, self.loop.time())
+                actions = [Send(p.error(p.ErrorCode.ILLEGAL_OPERATION, str(exc))),
+                           Done(False, f"malformed packet: {exc}")]
+            else:
+                actions = self.session.receive(packet, self.loop.time())
         if actions:
             self._apply(actions)
 
-    def error_received(self, exc: Exception) -> None:
-        if isinstance(exc, ConnectionRefusedError):
-            # ICMP port unreachable: the client's port is closed, it has gone away.
+    def _send(self, data: bytes) -> None:
+        if self.backlog:
+            self.backlog.append(data)
+            return
+        try:
+            self.sock.send(data)
+        except BlockingIOError:
+            self.backlog.append(data)
+            self.loop.add_writer(self.fd, self._writable)
+        except ConnectionRefusedError:
             self._finish(Done(False, "client went away (port unreachable)"))
+        except OSError as exc:
+            self._finish(Done(False, f"send failed: {exc.strerror}"))
+
+    def _writable(self) -> None:
+        while self.backlog:
+            try:
+                self.sock.send(self.backlog[0])
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._finish(Done(False, f"send failed: {exc.strerror}"))
+                return
+            self.backlog.popleft()
+        self.loop.remove_writer(self.fd)
 
     def _on_timer(self) -> None:
         self.timer = None
@@ -178,12 +242,11 @@ class _Transfer(asyncio.DatagramProtocol):
         self._apply(self.session.timeout(now))
 
     def _apply(self, actions: list[Send | ArmTimer | Done]) -> None:
-        transport = self.transport
-        if transport is None:
-            return
         for action in actions:
+            if self.closed:
+                return
             if isinstance(action, Send):
-                transport.sendto(action.data)
+                self._send(action.data)
             elif isinstance(action, ArmTimer):
                 self.deadline = action.deadline
                 if self.timer is None:
@@ -192,12 +255,17 @@ class _Transfer(asyncio.DatagramProtocol):
                 self._finish(action)
 
     def _finish(self, done: Done) -> None:
+        if self.closed:
+            return
+        self.closed = True
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.transport is not None:
-            self.transport.close()
-            self.transport = None
+        self.loop.remove_reader(self.fd)
+        if self.backlog:
+            self.loop.remove_writer(self.fd)
+            self.backlog.clear()
+        self.sock.close()
         self.service.finished(self, done)
 
 
@@ -338,14 +406,9 @@ class TftpService:
         t = self.config.tftp
         limits = Limits(max_blksize=max(512, min(t.max_blksize, mtu - TFTP_OVERHEAD, MAX_BLKSIZE)),
                         max_windowsize=t.max_windowsize, timeout=t.timeout, retries=t.retries)
-        transfer = _Transfer(self, peer, req.filename, ReadSession(req, content, limits), raw)
+        transfer = _Transfer(self, sock, peer, req.filename, ReadSession(req, content, limits), raw)
         self.transfers[peer] = transfer
-        try:
-            await asyncio.get_running_loop().create_datagram_endpoint(lambda: transfer, sock=sock)
-        except OSError as exc:  # pragma: no cover - a socket we just made
-            self.transfers.pop(peer, None)
-            sock.close()
-            log.error("cannot start a transfer", extra=kv(peer=peer[0], reason=exc.strerror))
+        transfer.start()
 
     def _stale(self, peer: tuple[str, int], data: bytes) -> bool:
         now = time.monotonic()
