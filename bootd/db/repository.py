@@ -120,11 +120,7 @@ class Repository:
             return [_node_record(n) for n in rows]
 
     async def delete_node(self, name: str, *, actor: str) -> None:
-        async with self._tx(write=True) as s:
-            node = await self._load(s, name)
-            self._event(s, node, "deleted", NodeState(node.state), None, actor, "")
-            await s.flush()
-            await s.delete(node)
+        await self.transition(name, NodeState.DELETE, Actor.OPERATOR, actor=actor)
 
     async def directory(self) -> list[DirectoryEntry]:
         """Every interface with its node's addressing facts, for the in-memory directory."""
@@ -189,8 +185,7 @@ class Repository:
                          message: str = "", expect: NodeState | None = None,
                          profile: str | None = None, rename: str | None = None,
                          inventory: str | None = None) -> NodeRecord:
-        """The one writer of node state: checks the move against the lifecycle table,
-        writes the new state and its event in one transaction.
+        """A move of one node, in its own transaction (see _move, the one writer).
 
         `expect` refuses the move if the node is no longer where the caller saw it
         (a stale or replayed callback). Allocation (discovered -> hardware-installing)
@@ -204,39 +199,48 @@ class Repository:
             if expect is not None and source is not expect:
                 raise Conflict(f"node {node.name} is {source.value}, not {expect.value} "
                                f"(stale or replayed request)")
-            if source is target:
-                raise Conflict(f"node {node.name} is already {target.value}")
-            if not allowed(source, target, who):
-                can = ", ".join(x.value for x in targets(source, who)) or "nothing"
-                raise Conflict(f"{who.value} cannot move node {node.name} from {source.value} to "
-                               f"{target.value} (allowed from {source.value}: {can})")
-            now = self._clock()
-            if target is NodeState.DELETE:
-                self._event(s, node, "deleted", source, None, actor, message)
-                await s.flush()
-                record = _node_record(node)
-                await s.delete(node)
-                return replace(record, state=NodeState.DELETE)
-            if source is NodeState.DISCOVERED and target is NodeState.HARDWARE_INSTALLING:
-                profile = profile if profile is not None else node.profile
-                if not profile:
-                    raise InvalidInput(f"allocating node {node.name} needs a profile")
-                node.profile, node.allocated = short_text(profile, "profile", 64), True
-                if rename is not None and node_name(rename) != node.name:
-                    new = node_name(rename)
-                    if await s.scalar(select(t.Node.id).where(t.Node.name == new)) is not None:
-                        raise Conflict(f"a node named {new} already exists")
-                    self._event(s, node, "renamed", None, None, actor, f"new name {new}")
-                    node.name = new
-                message = (message + " " if message else "") + f"allocated profile={node.profile}"
-            elif target is NodeState.RESET:
-                node.allocated = False
-            if inventory is not None:
-                node.inventory = inventory
-            node.state, node.state_changed_at, node.updated_at, node.retries = target.value, now, now, 0
-            self._event(s, node, "transition", source, target, actor, message)
+            return await self._move(s, node, target, who, actor=actor, message=message,
+                                    profile=profile, rename=rename, inventory=inventory)
+
+    async def _move(self, s: AsyncSession, node: t.Node, target: NodeState, who: Actor, *, actor: str,
+                    message: str = "", profile: str | None = None, rename: str | None = None,
+                    inventory: str | None = None) -> NodeRecord:
+        """The one writer of node state, inside its caller's transaction: checks the
+        move against the lifecycle table, writes the new state and its event together."""
+        source = NodeState(node.state)
+        if source is target:
+            raise Conflict(f"node {node.name} is already {target.value}")
+        if not allowed(source, target, who):
+            can = ", ".join(x.value for x in targets(source, who)) or "nothing"
+            raise Conflict(f"{who.value} cannot move node {node.name} from {source.value} to "
+                           f"{target.value} (allowed from {source.value}: {can})")
+        now = self._clock()
+        if target is NodeState.DELETE:
+            self._event(s, node, "deleted", source, None, actor, message)
             await s.flush()
-            return _node_record(node)
+            record = _node_record(node)
+            await s.delete(node)
+            return replace(record, state=NodeState.DELETE)
+        if source is NodeState.DISCOVERED and target is NodeState.HARDWARE_INSTALLING:
+            profile = profile if profile is not None else node.profile
+            if not profile:
+                raise InvalidInput(f"allocating node {node.name} needs a profile")
+            node.profile, node.allocated = short_text(profile, "profile", 64), True
+            if rename is not None and node_name(rename) != node.name:
+                new = node_name(rename)
+                if await s.scalar(select(t.Node.id).where(t.Node.name == new)) is not None:
+                    raise Conflict(f"a node named {new} already exists")
+                self._event(s, node, "renamed", None, None, actor, f"new name {new}")
+                node.name = new
+            message = (message + " " if message else "") + f"allocated profile={node.profile}"
+        elif target is NodeState.RESET:
+            node.allocated = False
+        if inventory is not None:
+            node.inventory = inventory
+        node.state, node.state_changed_at, node.updated_at, node.retries = target.value, now, now, 0
+        self._event(s, node, "transition", source, target, actor, message)
+        await s.flush()
+        return _node_record(node)
 
     async def update_node(self, name: str, *, rack: str | None = None, profile: str | None = None,
                           actor: str) -> NodeRecord:
@@ -272,10 +276,8 @@ class Repository:
                 self._event(s, node, "timeout", expect, expect, "timer",
                             f"{reason}; retry {node.retries} of {budget}")
             else:
-                node.state, node.state_changed_at, node.updated_at, node.retries = (
-                    NodeState.PROBLEM.value, now, now, 0)
-                self._event(s, node, "transition", expect, NodeState.PROBLEM, "timer",
-                            f"{reason}; no retries left")
+                return await self._move(s, node, NodeState.PROBLEM, Actor.TIMER, actor="timer",
+                                        message=f"{reason}; no retries left")
             await s.flush()
             return _node_record(node)
 
