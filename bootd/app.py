@@ -25,6 +25,7 @@ from pathlib import Path
 import netifaces
 
 from bootd import __version__, logs
+from bootd.bmc.service import PowerService
 from bootd.config import Config, check_host, load_config
 from bootd.db.engine import open_database
 from bootd.db.repository import Repository
@@ -61,9 +62,10 @@ ServiceFactory = Callable[[Config, Repository], list[Service]]
 
 def build_services(config: Config, repo: Repository) -> list[Service]:
     policy = Policy(config, repo)
-    services: list[Service] = [policy, LifecycleService(config, repo)]
+    power = PowerService(config, repo)
+    services: list[Service] = [policy, LifecycleService(config, repo, power=power)]
     if config.services.http:
-        services.append(HttpService(config, repo, api_token(config.http.api_token_file)))
+        services.append(HttpService(config, repo, api_token(config.http.api_token_file), power))
     if config.services.dhcp:
         services.append(DhcpService(config, repo, policy))
     if config.services.tftp:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from bootd import __version__, logs
 from bootd.app import EXIT_CONFIG, EXIT_FAILURE, Daemon
+from bootd.bmc.controller import PowerOp
 from bootd.config import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, Config, load_config
 from bootd.db.engine import open_database
 from bootd.db.records import NewNode, NodeRecord
@@ -73,9 +74,22 @@ async def _operate(args: argparse.Namespace, config: Config) -> int:
             raise InvalidInput("--rename needs exactly one node")
         out: list[tuple[str, str | None]] = []
         for name in names:
+            if target is NodeState.DELETE and getattr(args, "power_off", False):
+                from bootd.bmc.service import PowerService
+
+                off = await PowerService(config, r).one(PowerOp.OFF, name, actor=ACTOR)
+                if not off.ok:
+                    print(f"{name}: power off failed ({off.kind}): {off.error}", file=sys.stderr)
             try:
                 node = await r.transition(name, target, Actor.OPERATOR, actor=ACTOR,
                                           profile=profile, rename=rename)
+                if target in (NodeState.REINSTALL, NodeState.RESET) and node.bmc is not None \
+                        and config.bmc.lifecycle_power:
+                    from bootd.bmc.service import PowerService
+
+                    for res in await PowerService(config, r).boot_from_network(node.name, actor=ACTOR):
+                        if not res.ok:
+                            print(f"{node.name}: power {res.kind}: {res.error}", file=sys.stderr)
                 out.append((node.name, None))
             except (Conflict, NotFound, InvalidInput) as exc:
                 if len(args.names) == 1:
@@ -154,6 +168,7 @@ def _parser() -> argparse.ArgumentParser:
                              help="remove nodes (events stay; the next boot is a new discovery)")
     delete.add_argument("names", nargs="*", metavar="NAME")
     _selector(delete)
+    delete.add_argument("--power-off", action="store_true", help="power the node off through its BMC first")
     alloc = nsub.add_parser("allocate", parents=[common],
                             help="give discovered nodes a profile: on to hardware-install")
     alloc.add_argument("names", nargs="*", metavar="NAME")
@@ -175,6 +190,20 @@ def _parser() -> argparse.ArgumentParser:
     rend.add_argument("kind", choices=["ipxe", "pxelinux", "grub", "kickstart", "preseed", "user-data"])
     rend.add_argument("--state", choices=[s.value for s in NodeState if s is not NodeState.DELETE])
     rend.add_argument("--profile")
+
+    power = sub.add_parser("power", parents=[common], help="BMC power and boot control")
+    power.add_argument("op", choices=[o.value for o in PowerOp])
+    power.add_argument("names", nargs="*", metavar="NAME")
+    _selector(power)
+    power.add_argument("--json", action="store_true")
+
+    images = sub.add_parser("images", parents=[common], help="boot images")
+    isub = images.add_subparsers(dest="action", required=True, metavar="ACTION")
+    bd = isub.add_parser("build-discovery", parents=[common],
+                         help="build the discovery image (kernel + initramfs) from Debian packages")
+    bd.add_argument("--output", type=Path, metavar="DIR",
+                    help="default: <state_dir>/tftp/images/discovery")
+    bd.add_argument("--cache", type=Path, metavar="DIR", help="default: <state_dir>/cache")
 
     leases = sub.add_parser("leases", parents=[common], help="DHCP leases")
     lsub = leases.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -303,6 +332,28 @@ async def _nodes(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _inventory_lines(text: str | None) -> list[str]:
+    """A few readable lines from the agent's inventory (the JSON has it all)."""
+    if not text:
+        return []
+    try:
+        inv = json.loads(text)
+        system = inv.get("system") or {}
+        lines = [" ".join(str(system.get(k) or "") for k in ("vendor", "product", "serial")).strip()
+                 or "unknown system",
+                 f"{inv.get('cpus', '?')} CPU ({inv.get('cpu_model') or '?'}), "
+                 f"{int(inv.get('memory_kb') or 0) // 1024} MiB memory"]
+        lines += [f"disk {d.get('name')} {int(d.get('size_bytes') or 0) // 2**20} MiB "
+                  f"{d.get('model') or ''} {d.get('serial') or ''}".rstrip() for d in inv.get("disks") or []]
+        lines += [f"nic {n.get('name')} {n.get('mac')} {n.get('driver') or '?'} "
+                  f"{'link up' if n.get('link') else 'no link'}" for n in inv.get("nics") or []]
+        if inv.get("bmc"):
+            lines.append(f"bmc {inv['bmc'].get('ip')} {inv['bmc'].get('mac')}")
+        return lines
+    except (ValueError, TypeError, AttributeError):
+        return ["(unreadable; see --json)"]
+
+
 def _print_node(node: NodeRecord, events: Sequence[Any]) -> None:
     fields = [("name", node.name), ("state", node.state.value),
               ("allocated", "yes" if node.allocated else "no"), ("profile", node.profile or "-"),
@@ -315,12 +366,49 @@ def _print_node(node: NodeRecord, events: Sequence[Any]) -> None:
         print(f"{key + ':':13}{value}")
     for iface in node.interfaces:
         print(f"{'interface:':13}{iface.mac}{' (boot)' if iface.is_boot else ''}")
+    for line in _inventory_lines(node.inventory):
+        print(f"{'inventory:':13}{line}")
     if events:
         print("events:")
         table = _table([[e.at.isoformat(timespec="seconds"), e.kind,
                          f"{e.from_state or '-'} -> {e.to_state or '-'}", e.actor, e.message]
                         for e in events], ["AT", "KIND", "STATE", "BY", "MESSAGE"])
         print("\n".join("  " + line for line in table.splitlines()))
+
+
+async def _power(args: argparse.Namespace, config: Config) -> int:
+    from bootd.bmc.service import PowerService
+
+    async def run(r: Repository) -> list[Any]:
+        names = await _selected(args, r)
+        for name in args.names:
+            await r.get_node(name)  # a typo is an error, not a BMC failure
+        return await PowerService(config, r).run(PowerOp(args.op), names, actor=ACTOR)
+    results = await _with_repo(config, run)
+    if args.json:
+        from bootd.http.api import result_json
+
+        _print_json({"results": [result_json(x) for x in results]})
+    elif not results:
+        print("no nodes selected")
+    for x in results if not args.json else []:
+        if x.ok:
+            print(f"{x.node}: ok" + (f", power {x.power}" if x.power else "") + (f" ({x.detail})" if x.detail
+                                                                              else ""))
+        else:
+            print(f"{x.node}: failed ({x.kind}): {x.error}", file=sys.stderr)
+    return 1 if any(not x.ok for x in results) else 0
+
+
+def _images(args: argparse.Namespace, config: Config) -> int:
+    from bootd.images.build import build_discovery
+
+    output = args.output or config.tftp_root / "images" / "discovery"
+    cache = args.cache or config.state_dir / "cache"
+    result = build_discovery(output.absolute(), cache.absolute())
+    print(f"kernel {result.kernel_version}: {result.kernel} ({result.kernel.stat().st_size} bytes)")
+    print(f"initramfs: {result.initrd} ({result.initrd_bytes} bytes), built in {result.seconds:.1f} s")
+    return 0
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -351,6 +439,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "leases":
             return asyncio.run(_leases(args, config))
+        if args.command == "images":
+            return _images(args, config)
+        if args.command == "power":
+            return asyncio.run(_power(args, config))
         return asyncio.run(_nodes(args, config))
     except ConfigError as exc:
         print(f"bootd: error: {exc}", file=sys.stderr)

@@ -120,6 +120,20 @@ class BootConfig:
     uefi_x64: str = "ipxe.efi"
     uefi_ia32: str = "ipxe-ia32.efi"
     uefi_arm64: str = "ipxe-arm64.efi"
+    # iPXE (a NIC's iPXE ROM, or iPXE loaded by TFTP) gets the URL of its per-node
+    # script over HTTP. false: iPXE is served the loader like any PXE ROM, for
+    # setups that boot pxelinux (bios = "pxelinux.0") from an iPXE ROM.
+    ipxe_script: bool = True
+
+
+@dataclass(frozen=True)
+class BmcConfig:
+    max_sessions: int = 16       # IPMI sessions at once, across all nodes
+    power_on_rate: float = 2.0   # power-ons per second, rack-wide
+    cycle_pause: float = 5.0     # seconds off in a power cycle
+    # Lifecycle hooks: reinstall/reset set the next boot to PXE and power-cycle;
+    # a timed-out state's retry power-cycles too.
+    lifecycle_power: bool = True
 
 
 @dataclass(frozen=True)
@@ -179,6 +193,7 @@ class Config:
     install: InstallConfig = field(default_factory=InstallConfig)
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
     profiles: dict[str, Profile] = field(default_factory=lambda: dict(BUILTIN))
+    bmc: BmcConfig = field(default_factory=BmcConfig)
 
     @property
     def http_base(self) -> str:
@@ -418,6 +433,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     install = _install(root.table("install"))
     lifecycle = _lifecycle(root.table("lifecycle"))
     profiles = _profiles(root.table("profiles"))
+    bmc = _bmc(root.table("bmc"))
 
     subnets_raw = root.get("subnets", list, [])
     subnets = [_subnet(_Table(source, f"subnets[{i}]", item), admin) for i, item in enumerate(subnets_raw)]
@@ -425,7 +441,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     root.finish()
     return Config(source, admin, tuple(interfaces), state_dir, db_url, log_level, services,
                   HttpConfig(host, port, Path(token_text)), tuple(subnets), dhcp, boot, tftp,
-                  install, lifecycle, profiles)
+                  install, lifecycle, profiles, bmc)
 
 
 def _dhcp(t: _Table) -> DhcpConfig:
@@ -466,6 +482,28 @@ def _tftp(t: _Table) -> TftpConfig:
         raise t.error("timeout", "must be between 0.1 and 255 seconds")
     t.finish()
     return TftpConfig(timeout=float(timeout), **values)
+
+
+def _number(t: _Table, name: str, default: float, low: float, high: float) -> float:
+    t.used.add(name)
+    value = t.data.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise t.error(name, f"must be a number, not {_kind(value)}")
+    if not low <= value <= high:
+        raise t.error(name, f"must be between {low:g} and {high:g}")
+    return float(value)
+
+
+def _bmc(t: _Table) -> BmcConfig:
+    d = BmcConfig()
+    sessions = t.get("max_sessions", int, d.max_sessions)
+    if not 1 <= sessions <= 1024:
+        raise t.error("max_sessions", "must be between 1 and 1024")
+    config = BmcConfig(sessions, _number(t, "power_on_rate", d.power_on_rate, 0.01, 1000),
+                       _number(t, "cycle_pause", d.cycle_pause, 0, 120),
+                       t.get("lifecycle_power", bool, d.lifecycle_power))
+    t.finish()
+    return config
 
 
 def _install(t: _Table) -> InstallConfig:
@@ -566,8 +604,12 @@ def _boot(t: _Table) -> BootConfig:
     values = {}
     for name in ("bios", "uefi_x64", "uefi_ia32", "uefi_arm64"):
         values[name] = t.parse(name, _loader_path) or getattr(d, name)
+    ipxe_script = t.get("ipxe_script", bool, d.ipxe_script)
+    if not ipxe_script and ("ipxe" in values["bios"].lower() or values["bios"].endswith(".kpxe")):
+        raise t.error("ipxe_script", f"false would make iPXE load {values['bios']} (iPXE) again "
+                      "and again; set bios to a loader such as pxelinux.0")
     t.finish()
-    return BootConfig(**values)
+    return BootConfig(**values, ipxe_script=ipxe_script)
 
 
 def _check_subnets_disjoint(source: str, subnets: list[Subnet]) -> None:

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
+from bootd.bmc.service import PowerService
 from bootd.config import Config
 from bootd.db.records import NodeRecord
 from bootd.db.repository import Repository, utcnow
@@ -39,8 +40,8 @@ class LifecycleService:
     name = "lifecycle"
 
     def __init__(self, config: Config, repo: Repository,
-                 clock: Callable[[], datetime] = utcnow) -> None:
-        self.config, self._repo, self._clock = config, repo, clock
+                 clock: Callable[[], datetime] = utcnow, power: PowerService | None = None) -> None:
+        self.config, self._repo, self._clock, self._power = config, repo, clock, power
 
     async def start(self) -> None:
         pass
@@ -70,6 +71,9 @@ class LifecycleService:
             else:
                 log.info("node timed out, retrying", extra=kv(node=node.name, state=node.state.value,
                                                               retry=after.retries, budget=lc.retries))
+                if self._power is not None and after.bmc is not None and self.config.bmc.lifecycle_power:
+                    # A retry is a fresh network boot of the state's image.
+                    await self._power.boot_from_network(after.name, actor="timer")
         return changed
 
     async def stop(self) -> None:

@@ -84,14 +84,16 @@ class Policy:
     def boot(self, client: BootClient) -> BootAnswer | None:
         server = self.config.admin_address
         base = self.config.http_base
-        if client.firmware is Firmware.IPXE:
+        if client.firmware is Firmware.IPXE and self.config.boot.ipxe_script:
             return BootAnswer(f"{base}/boot/ipxe?mac={client.mac}", server)
         loader = self._loader(client.arch)
         if loader is None:
             return None
         if client.firmware is Firmware.HTTP:
             return BootAnswer(f"{base}/images/{loader}", server, b"HTTPClient")
-        if client.firmware is Firmware.PXE:
+        if client.firmware in (Firmware.PXE, Firmware.IPXE):
+            # iPXE here only with boot.ipxe_script = false: it loads the loader
+            # (pxelinux) like a PXE ROM would.
             return BootAnswer(loader, server)
         return None
 

@@ -37,6 +37,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_udp() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def loopback_config(state_dir: Path, port: int, extra: str = "") -> str:
     """A config serving only HTTP on loopback: safe to run anywhere."""
     return textwrap.dedent(f"""\

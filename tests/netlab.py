@@ -154,6 +154,24 @@ class Lab:
         self.close()
 
 
+def add_tap(switch_ns: str, tap: str, bridge: str = "br0") -> None:
+    """A tap plugged into a bridge of the lab's switch, for a VM's NIC."""
+    sh("ip", "netns", "exec", switch_ns, "ip", "tuntap", "add", "dev", tap, "mode", "tap")
+    sh("ip", "netns", "exec", switch_ns, "ip", "link", "set", tap, "master", bridge, "up")
+
+
+def qemu_argv(switch_ns: str, *, mac: str, tap: str, disk: str, serial: str, memory_mb: int,
+              firmware: Sequence[str] = (), nic_options: str = "", machine: str = "pc") -> list[str]:
+    """A TCG VM (LAB-NOTES: /dev/kvm cannot run firmware here) that network-boots first,
+    run in the switch namespace with its NIC on `tap` and its serial console in a file."""
+    return ["ip", "netns", "exec", switch_ns, "qemu-system-x86_64", "-machine", machine, *firmware,
+            "-accel", "tcg", "-m", str(memory_mb), "-smp", "1", "-display", "none", "-monitor", "none",
+            "-no-user-config", "-serial", f"file:{serial}",
+            "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+            "-device", f"virtio-net-pci,netdev=n0,mac={mac},bootindex=1{nic_options}",
+            "-drive", f"file={disk},format=raw,if=virtio,index=0"]
+
+
 def cleanup_stale() -> list[str]:
     """Remove lab namespaces left by test processes that no longer run."""
     removed = []

@@ -58,7 +58,8 @@ def test_nodes_round_trip(capsys: pytest.CaptureFixture[str], cfg: str, tmp_path
     rc, out, _ = run(capsys, "nodes", "list", "--json", "--config", cfg)
     nodes = json.loads(out)["nodes"]
     assert [n["name"] for n in nodes] == ["r1-n01"]
-    assert nodes[0]["bmc"] == {"address": "198.18.0.200", "username": "admin"}
+    assert nodes[0]["bmc"] == {"address": "198.18.0.200", "username": "admin", "reachable": None,
+                               "power": None, "last_error": None, "checked_at": None}
     rc, out, _ = run(capsys, "nodes", "show", "r1-n01", "--config", cfg)
     assert "bmc:         198.18.0.200 (user admin)" in out
     assert "created  - -> discovering" in out
@@ -154,3 +155,23 @@ def test_bootd_env_config_and_no_traceback_on_missing_file(tmp_path: Path) -> No
                          env={"BOOTD_CONFIG": str(tmp_path / "x.toml"), "PATH": "/usr/bin:/bin"})
     assert res.returncode == 2
     assert res.stderr == f"bootd: error: {tmp_path / 'x.toml'}: no such file (create one with `bootd init`)\n"
+
+
+def test_lifecycle_commands(capsys: pytest.CaptureFixture[str], cfg: str) -> None:
+    for i in (1, 2):
+        assert run(capsys, "--config", cfg, "nodes", "add", f"n{i}", "--mac", f"52:54:00:00:00:0{i}",
+                   "--rack", "r9")[0] == 0
+    rc, out, err = run(capsys, "--config", cfg, "nodes", "allocate", "--rack", "r9", "--profile", "rocky-9")
+    # Both are still discovering: one line per node, non-zero exit.
+    assert rc == 1 and out == "" and err.count("failed: operator cannot move node") == 2
+    rc, out, err = run(capsys, "--config", cfg, "nodes", "allocate", "n1", "n2", "--rack", "r9")
+    assert rc == 1 and "exactly one of" in err
+    assert run(capsys, "--config", cfg, "nodes", "reset", "--all") == (0, "n1: reset\nn2: reset\n", "")
+    rc, out, _ = run(capsys, "--config", cfg, "nodes", "events", "n1")
+    assert rc == 0 and "discovering -> reset" in out
+    rc, out, err = run(capsys, "--config", cfg, "nodes", "render", "n1", "pxelinux", "--state", "installing",
+                       "--profile", "rhel-5.6")
+    assert rc == 0 and "ks=http://127.0.0.1:" in out and "ksdevice=bootif" in out
+    rc, _, err = run(capsys, "--config", cfg, "nodes", "render", "n1", "kickstart")
+    assert rc == 1 and "has no profile" in err
+    assert run(capsys, "--config", cfg, "nodes", "delete", "n2") == (0, "deleted node n2\n", "")

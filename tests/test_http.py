@@ -62,7 +62,8 @@ async def test_nodes_json_has_no_secrets(client: TestClient, repo: Repository) -
     (node,) = (await resp.json())["nodes"]
     assert node["name"] == "n1"
     assert node["interfaces"] == [{"mac": "52:54:00:00:00:01", "boot": True}]
-    assert node["bmc"] == {"address": "198.18.0.200", "username": "admin"}
+    assert node["bmc"] == {"address": "198.18.0.200", "username": "admin", "reachable": None,
+                           "power": None, "last_error": None, "checked_at": None}
     assert set(node) == {"name", "state", "allocated", "profile", "admin_ip", "rack", "location",
                          "interfaces", "bmc", "created_at", "updated_at", "state_changed_at",
                          "retries", "inventory"}

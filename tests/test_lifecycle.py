@@ -4,6 +4,7 @@ with a fake clock, node tokens over HTTP, operator API, and golden boot scripts.
 from __future__ import annotations
 
 import os
+import re
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -325,3 +326,38 @@ def test_golden(name: str, produce: Callable[[Config], str]) -> None:
         path.write_text(text)
     assert path.exists(), f"no golden file {path}; run with BOOTD_UPDATE_GOLDEN=1 and review it"
     assert text == path.read_text()
+
+
+# -- the agent's calls -------------------------------------------------------------------
+
+async def test_agent_self_tasks_and_bmc(client: TestClient, repo: Repository, tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    tasks = config.tftp_root / "images" / "tasks"
+    tasks.mkdir(parents=True)
+    (tasks / "20-bios.sh").write_text("echo bios for $BOOTD_NODE\n")
+    (tasks / "10-raid.sh").write_text("echo raid\n")
+    (tasks / "Bad Name.sh").write_text("echo never\n")
+    await repo.add_node(NewNode("a", ("52:54:00:00:00:0a",)), actor="t")
+    await repo.add_node(NewNode("b", ("52:54:00:00:00:0b",)), actor="t")
+    me = {"Authorization": f"Bearer {await repo.node_token('a')}"}
+    assert (await client.get("/api/v1/nodes/a/self")).status == 403
+    assert (await client.get("/api/v1/nodes/b/self", headers=me)).status == 403
+    view = await (await client.get("/api/v1/nodes/a/self", headers=me)).json()
+    assert view == {"name": "a", "state": "discovering", "allocated": False, "profile": None}
+    names = (await (await client.get("/api/v1/nodes/a/tasks", headers=me)).text()).split()
+    assert names == ["bmc", "10-raid", "20-bios"]
+    bios = await (await client.get("/api/v1/nodes/a/tasks/20-bios", headers=me)).text()
+    assert "export BOOTD_NODE=a" in bios and "echo bios" in bios
+    assert (await client.get("/api/v1/nodes/a/tasks/nope", headers=me)).status == 404
+    bmc = await (await client.get("/api/v1/nodes/a/tasks/bmc", headers=me)).text()
+    password = re.search(r"user set password 3 (\S+)", bmc).group(1)  # type: ignore[union-attr]
+    assert (await repo.bmc_credentials("a")).password == password
+    listed = await (await client.get("/api/v1/nodes/a", headers=AUTH)).text()
+    assert password not in listed and '"username": "bootd"' in listed
+    done = await client.post("/api/v1/nodes/a/tasks/10-raid", data="raid ok\n",
+                             headers={**me, "X-Task-Status": "0"})
+    assert done.status == 200
+    bad = await client.post("/api/v1/nodes/a/tasks/10-raid", data="x", headers=me)
+    assert bad.status == 400  # no exit status
+    events = await repo.events("a")
+    assert events[-1].kind == "task" and events[-1].message.startswith("10-raid exit=0\nraid ok")

@@ -33,6 +33,10 @@ class InterfaceRecord:
 class BmcRecord:
     address: str
     username: str
+    reachable: bool | None = None
+    power: str | None = None
+    last_error: str | None = None
+    checked_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -242,6 +242,12 @@ class Repository:
         await s.flush()
         return _node_record(node)
 
+    async def record_event(self, name: str, kind: str, message: str, *, actor: str) -> None:
+        """A note in a node's log that changes nothing else (a task's result, say)."""
+        async with self._tx(write=True) as s:
+            node = await self._load(s, name)
+            self._event(s, node, kind, None, None, actor, message)
+
     async def update_node(self, name: str, *, rack: str | None = None, profile: str | None = None,
                           actor: str) -> NodeRecord:
         """Operator edits that do not move the node (its state has its own writer)."""
@@ -304,6 +310,21 @@ class Repository:
             self._event(s, node, "bmc-set", None, None, actor, f"address={address} user={username}")
             await s.flush()
             return _node_record(node)
+
+    async def set_bmc_state(self, name: str, *, reachable: bool, power: str | None,
+                            error: str | None, operation: str, actor: str) -> None:
+        """What an operation on the node's BMC found; an event for anything but a status read."""
+        async with self._tx(write=True) as s:
+            node = await self._load(s, name)
+            if node.bmc is None:
+                raise NotFound(f"node {name} has no BMC")
+            node.bmc.reachable, node.bmc.checked_at = reachable, self._clock()
+            node.bmc.last_error = None if error is None else error[:1000]
+            if power is not None:
+                node.bmc.power = power
+            if operation != "status" or error is not None:
+                text = f"{operation}: " + (f"failed: {error}" if error else f"ok, power {power or '?'}")
+                self._event(s, node, "power", None, None, actor, text)
 
     async def bmc_credentials(self, name: str) -> BmcCredentials:
         async with self._tx(write=False) as s:
@@ -384,7 +405,8 @@ def _node_record(n: t.Node) -> NodeRecord:
         admin_ip=None if n.admin_ip is None else IPv4Address(n.admin_ip), rack=n.rack,
         location=n.location,
         interfaces=tuple(InterfaceRecord(i.mac, i.is_boot) for i in ifaces),
-        bmc=None if n.bmc is None else BmcRecord(n.bmc.address, n.bmc.username),
+        bmc=None if n.bmc is None else BmcRecord(n.bmc.address, n.bmc.username, n.bmc.reachable,
+                                                 n.bmc.power, n.bmc.last_error, n.bmc.checked_at),
         created_at=n.created_at, updated_at=n.updated_at, state_changed_at=n.state_changed_at,
         retries=n.retries or 0, inventory=n.inventory,
     )

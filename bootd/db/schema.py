@@ -122,6 +122,11 @@ class Bmc(Base):
     # Fernet token (AES-128-CBC + HMAC-SHA256) under the key in the state directory.
     password_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # What bootd last saw of the BMC: reachable, power state, the last error.
+    reachable: Mapped[bool | None] = mapped_column(Boolean)
+    power: Mapped[str | None] = mapped_column(String(16))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    checked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
     node: Mapped[Node] = relationship(back_populates="bmc")
 

@@ -12,6 +12,8 @@ from typing import Any
 from aiohttp import web
 
 from bootd import __version__
+from bootd.bmc.controller import PowerOp
+from bootd.bmc.service import PowerService, Result
 from bootd.db.records import EventRecord, LeaseRecord, NodeRecord
 from bootd.db.repository import Repository
 from bootd.errors import BootdError, Conflict, InvalidInput, NotFound
@@ -19,6 +21,7 @@ from bootd.model.lifecycle import Actor
 from bootd.model.states import NodeState
 
 REPO = web.AppKey("repository", Repository)
+POWER = web.AppKey("power", PowerService)
 
 
 def node_json(node: NodeRecord) -> dict[str, Any]:
@@ -31,8 +34,11 @@ def node_json(node: NodeRecord) -> dict[str, Any]:
         "rack": node.rack,
         "location": node.location,
         "interfaces": [{"mac": i.mac, "boot": i.is_boot} for i in node.interfaces],
-        "bmc": None if node.bmc is None else {"address": node.bmc.address,
-                                              "username": node.bmc.username},
+        "bmc": None if node.bmc is None else {
+            "address": node.bmc.address, "username": node.bmc.username,
+            "reachable": node.bmc.reachable, "power": node.bmc.power,
+            "last_error": node.bmc.last_error,
+            "checked_at": None if node.bmc.checked_at is None else node.bmc.checked_at.isoformat()},
         "created_at": node.created_at.isoformat(),
         "updated_at": node.updated_at.isoformat(),
         "state_changed_at": node.state_changed_at.isoformat(),
@@ -147,16 +153,70 @@ async def _operate(repo: Repository, op: str, name: str, body: dict[str, Any]) -
         rename=_opt_str(body, "name") if op == "allocate" else None)
 
 
+async def _power_hook(request: web.Request, op: str, node: NodeRecord) -> None:
+    """reinstall/reset: next boot from the network, then a power cycle, when bootd has the BMC."""
+    power = request.app.get(POWER)
+    if power is None or op not in ("reinstall", "reset") or node.bmc is None \
+            or not power.config.bmc.lifecycle_power:
+        return
+    await power.boot_from_network(node.name, actor="api")
+
+
 async def operate_one(request: web.Request) -> web.Response:
     op = request.match_info["op"]
     if op not in OPERATIONS:
         raise NotFound(f"no operation {op!r} (one of {', '.join(OPERATIONS)})")
     node = await _operate(request.app[REPO], op, request.match_info["name"], await json_body(request))
+    await _power_hook(request, op, node)
     return web.json_response(node_json(node))
 
 
+def result_json(r: Result) -> dict[str, Any]:
+    out: dict[str, Any] = {"node": r.node, "ok": r.ok, "power": r.power}
+    if r.detail:
+        out["detail"] = r.detail
+    if not r.ok:
+        out["error"], out["kind"] = r.error, r.kind
+    return out
+
+
+def _power_op(request: web.Request) -> PowerOp:
+    try:
+        return PowerOp(request.match_info["op"])
+    except ValueError:
+        raise NotFound(f"no power operation {request.match_info['op']!r} "
+                       f"(one of {', '.join(o.value for o in PowerOp)})") from None
+
+
+def _power_service(request: web.Request) -> PowerService:
+    power = request.app.get(POWER)
+    if power is None:
+        raise NotFound("power control is not part of this server")
+    return power
+
+
+async def power_one(request: web.Request) -> web.Response:
+    op, power = _power_op(request), _power_service(request)
+    await request.app[REPO].get_node(request.match_info["name"])  # 404 before any BMC traffic
+    (result,) = await power.run(op, [request.match_info["name"]], actor="api")
+    return web.json_response(result_json(result), status=200 if result.ok else 502)
+
+
+async def power_many(request: web.Request) -> web.Response:
+    op, power = _power_op(request), _power_service(request)
+    names = await _select(request.app[REPO], await json_body(request))
+    results = await power.run(op, names, actor="api")
+    return web.json_response({"results": [result_json(r) for r in results]})
+
+
 async def delete_node(request: web.Request) -> web.Response:
-    node = await _operate(request.app[REPO], "delete", request.match_info["name"], {})
+    """DELETE /api/v1/nodes/NAME[?power_off=1]: power the node off first when asked."""
+    name = request.match_info["name"]
+    power = request.app.get(POWER)
+    if request.query.get("power_off") in ("1", "true") and power is not None:
+        await request.app[REPO].get_node(name)
+        await power.one(PowerOp.OFF, name, actor="api")  # its outcome is in the node's events
+    node = await _operate(request.app[REPO], "delete", name, {})
     return web.json_response(node_json(node))
 
 
@@ -172,6 +232,7 @@ async def operate_many(request: web.Request) -> web.Response:
     for name in await _select(request.app[REPO], body):
         try:
             node = await _operate(request.app[REPO], op, name, body)
+            await _power_hook(request, op, node)
             results.append({"node": name, "ok": True, "state": node.state.value})
         except (Conflict, NotFound, InvalidInput) as exc:
             results.append({"node": name, "ok": False, "error": str(exc)})
@@ -186,6 +247,8 @@ def routes() -> list[web.RouteDef]:
         web.patch("/api/v1/nodes/{name}", update_node),
         web.delete("/api/v1/nodes/{name}", delete_node),
         web.get("/api/v1/nodes/{name}/events", node_events),
+        web.post("/api/v1/nodes/{name}/power/{op}", power_one),
+        web.post("/api/v1/power/{op}", power_many),
         web.post("/api/v1/nodes/{name}/{op}", operate_one),
         web.post("/api/v1/{op}", operate_many),
         web.get("/api/v1/leases", list_leases),

@@ -96,7 +96,13 @@ async def images(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, chunk_size=256 * 1024)
 
 
-async def _own_node(request: web.Request, name: str, token: str) -> NodeRecord:
+def node_token_from(request: web.Request) -> str:
+    """The node's token: Authorization: Bearer T, or ?token=T for fetch-only installers."""
+    header = request.headers.get("Authorization", "")
+    return header[7:].strip() if header[:7].lower() == "bearer " else request.query.get("token", "")
+
+
+async def own_node(request: web.Request, name: str, token: str) -> NodeRecord:
     repo = request.app[REPO]
     if not token or not await repo.verify_token(name, token):
         log.info("node callback refused", extra=kv(peer=request.remote, node=name,
@@ -108,7 +114,7 @@ async def _own_node(request: web.Request, name: str, token: str) -> NodeRecord:
 async def install_file(request: web.Request) -> web.Response:
     name, kind = request.match_info["node"], request.match_info["kind"]
     token = request.match_info.get("token") or request.query.get("token", "")
-    node = await _own_node(request, name, token)
+    node = await own_node(request, name, token)
     config = request.app[SETTINGS].config
     if kind == "meta-data":
         text = f"instance-id: {node.name}-{int(node.state_changed_at.timestamp())}\n" \
@@ -124,9 +130,7 @@ async def install_file(request: web.Request) -> web.Response:
 
 async def transition(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    header = request.headers.get("Authorization", "")
-    token = header[7:].strip() if header[:7].lower() == "bearer " else request.query.get("token", "")
-    node = await _own_node(request, name, token)
+    node = await own_node(request, name, node_token_from(request))
     # Installers that can only fetch a URL send no JSON body: state and token in the query.
     body = await json_body(request) if request.content_type == "application/json" else {}
     state_text = body.get("state", request.query.get("state"))

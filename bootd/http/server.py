@@ -17,16 +17,19 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from bootd.bmc.service import PowerService
 from bootd.config import Config
 from bootd.db.repository import Repository
 from bootd.errors import BootdError, Conflict, DatabaseUnavailable, InvalidInput, NotFound
-from bootd.http import api, boot
+from bootd.http import agent, api, boot
 from bootd.logs import kv
 from bootd.service import BindError
 
 log = logging.getLogger("bootd.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TOKEN = web.AppKey("api_token", str)
+NODE_ROUTES = {"/api/v1/nodes/{name}/transition", "/api/v1/nodes/{name}/self",
+               "/api/v1/nodes/{name}/tasks", "/api/v1/nodes/{name}/tasks/{task}"}
 STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 400, DatabaseUnavailable: 503}
 
 
@@ -58,9 +61,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    # A node's progress callback carries the node's own token, checked by its handler.
-    if request.path.startswith("/api/") and not (request.method == "POST"
-                                                 and request.path.endswith("/transition")):
+    # A node's own calls (progress, agent) carry the node's token, checked by their handlers.
+    route = request.match_info.route.resource
+    if request.path.startswith("/api/") and (route is None or route.canonical not in NODE_ROUTES):
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         expected = request.app[TOKEN]
@@ -74,14 +77,18 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     return await handler(request)
 
 
-def build_app(repo: Repository, api_token: str, config: Config) -> web.Application:
+def build_app(repo: Repository, api_token: str, config: Config,
+              power: PowerService | None = None) -> web.Application:
     app = web.Application(middlewares=[errors, auth], client_max_size=1024**2)
     app[api.REPO] = repo
+    if power is not None:
+        app[api.POWER] = power
     app[boot.REPO] = repo
     app[boot.SETTINGS] = boot.Settings(config)
     app[TOKEN] = api_token
     # The node callback first: /api/v1/nodes/{name}/{op} would match it too.
     app.add_routes(boot.routes())
+    app.add_routes(agent.routes())
     app.add_routes(api.routes())
     return app
 
@@ -89,9 +96,10 @@ def build_app(repo: Repository, api_token: str, config: Config) -> web.Applicati
 class HttpService:
     name = "http"
 
-    def __init__(self, config: Config, repo: Repository, api_token: str) -> None:
+    def __init__(self, config: Config, repo: Repository, api_token: str,
+                 power: PowerService | None = None) -> None:
         self._host, self._port = config.http.host, config.http.port
-        self._app = build_app(repo, api_token, config)
+        self._app = build_app(repo, api_token, config, power)
         self._runner = web.AppRunner(self._app, access_log=None)
         self._site: web.TCPSite | None = None
 
