@@ -184,9 +184,16 @@ async def test_timeout_retries_then_problem(repo: Repository, clock: Clock, tmp_
     assert (await repo.get_node("n1")).retries == 0
 
 
-def test_overdue_is_pure() -> None:
+async def test_overdue_picks_only_nodes_past_their_states_timeout(repo: Repository, clock: Clock) -> None:
+    await repo.add_node(NewNode("slow", ("52:54:00:00:05:01",)), actor="t")   # discovering
+    await repo.add_node(NewNode("idle", ("52:54:00:00:05:02",)), actor="t")
+    await repo.transition("idle", S.DISCOVERED, Actor.NODE, actor="node")   # no timeout there
+    nodes = await repo.list_nodes()
+    timeouts = {S.DISCOVERING: 100, S.DISCOVERED: 0}
+    assert overdue(nodes, clock.now + timedelta(seconds=99), timeouts) == []
+    due = overdue(nodes, clock.now + timedelta(seconds=100), timeouts)
+    assert [(n.name, limit) for n, limit in due] == [("slow", 100)]
     assert set(DEFAULT_TIMEOUTS) <= set(S)
-    assert overdue([], datetime.now(UTC), DEFAULT_TIMEOUTS) == []
 
 
 async def test_timer_ignores_a_node_that_moved_meanwhile(repo: Repository, clock: Clock) -> None:
