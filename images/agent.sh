@@ -148,7 +148,13 @@ inventory() {
     "$cpus" "$model" "${mem:-0}" "$disks" "$nics" "$bmc" "$NIC"
 }
 
-state_now() { api GET "/api/v1/nodes/$NODE/self" | sed -n 's/.*"state": *"\([^"]*\)".*/\1/p'; }
+# The node's state now; follows a rename (the answer carries the current name).
+state_now() {
+  self=$(api GET "/api/v1/nodes/$NODE/self") || return 1
+  name=$(printf '%s' "$self" | sed -n 's/.*"name": *"\([^"]*\)".*/\1/p')
+  [ -n "$name" ] && [ "$name" != "$NODE" ] && { log "renamed: $NODE -> $name"; NODE=$name; }
+  printf '%s' "$self" | sed -n 's/.*"state": *"\([^"]*\)".*/\1/p'
+}
 
 hardware_install() {
   tasks=$(api GET "/api/v1/nodes/$NODE/tasks") || { report problem "cannot fetch the task list"; return 1; }
@@ -190,7 +196,8 @@ main() {
   esac
   # Wait for allocation (discovered -> hardware-installing) or any other move.
   while :; do
-    now=$(state_now)
+    state_now > /tmp/state || true
+    now=$(cat /tmp/state)
     case "$now" in
       hardware-installing) hardware_install; break ;;
       discovered|discovering|reset|problem) sleep "$POLL" ;;

@@ -368,3 +368,17 @@ async def test_agent_self_tasks_and_bmc(client: TestClient, repo: Repository, tm
     assert bad.status == 400  # no exit status
     events = await repo.events("a")
     assert events[-1].kind == "task" and events[-1].message.startswith("10-raid exit=0\nraid ok")
+
+
+async def test_agent_finds_its_node_after_a_rename(client: TestClient, repo: Repository) -> None:
+    await repo.add_node(NewNode("node-525400000a0a", ("52:54:00:00:0a:0a",)), actor="t")
+    token = await repo.node_token("node-525400000a0a")
+    await repo.transition("node-525400000a0a", S.DISCOVERED, Actor.NODE, actor="node")
+    await repo.transition("node-525400000a0a", S.HARDWARE_INSTALLING, Actor.OPERATOR, actor="t",
+                          profile="rocky-9", rename="r2-n01")
+    me = {"Authorization": f"Bearer {token}"}
+    view = await (await client.get("/api/v1/nodes/node-525400000a0a/self", headers=me)).json()
+    assert (view["name"], view["state"]) == ("r2-n01", "hardware-installing")
+    wrong = await client.get("/api/v1/nodes/node-525400000a0a/self",
+                             headers={"Authorization": "Bearer " + "x" * 43})
+    assert wrong.status == 403

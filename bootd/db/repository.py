@@ -166,6 +166,20 @@ class Repository:
             stored = await s.scalar(select(t.Node.token).where(t.Node.name == name))
         return stored is not None and hmac.compare_digest(stored.encode(), token.encode())
 
+    async def find_node_by_name(self, name: str) -> NodeRecord | None:
+        async with self._tx(write=False) as s:
+            node = await s.scalar(select(t.Node).where(t.Node.name == name.lower()))
+            return None if node is None else _node_record(node)
+
+    async def node_by_token(self, token: str) -> NodeRecord | None:
+        """The node a (256-bit, random) token belongs to: how an agent finds its
+        node again after the operator renamed it."""
+        if len(token) < 32:
+            return None
+        async with self._tx(write=False) as s:
+            node = await s.scalar(select(t.Node).where(t.Node.token == token))
+            return None if node is None else _node_record(node)
+
     async def node_token(self, name: str) -> str:
         """For rendering the node's own boot script only; never for listings."""
         async with self._tx(write=False) as s:

@@ -51,7 +51,14 @@ async def _node(request: web.Request) -> NodeRecord:
 
 
 async def self_view(request: web.Request) -> web.Response:
-    node = await _node(request)
+    """The node's own view. Under a name it no longer has (allocation renamed it),
+    its token still finds it, and the answer carries the new name."""
+    repo: Repository = request.app[REPO]
+    token = node_token_from(request)
+    renamed = None
+    if token and await repo.find_node_by_name(request.match_info["name"]) is None:
+        renamed = await repo.node_by_token(token)
+    node = renamed if renamed is not None else await _node(request)
     return web.json_response({"name": node.name, "state": node.state.value, "allocated": node.allocated,
                               "profile": node.profile})
 
