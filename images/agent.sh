@@ -200,7 +200,7 @@ main() {
     now=$(cat /tmp/state)
     case "$now" in
       hardware-installing) hardware_install; break ;;
-      discovered|discovering|reset|problem) sleep "$POLL" ;;
+      discovered|discovering|reset|problem|'') sleep "$POLL" ;;  # '': bootd busy, ask again
       *) log "state is $now: rebooting"; break ;;
     esac
   done

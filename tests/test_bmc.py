@@ -260,3 +260,23 @@ def test_cli_identify_and_delete_with_power_off(sims: list[IpmiSim], tmp_path: P
     assert main(["--config", str(cfg), "nodes", "delete", "d1", "--power-off"]) == 0
     assert capsys.readouterr().out == "deleted node d1\n"
     assert sims[2].power() == "off"
+
+
+class Exploding:
+    async def run(self, op: PowerOp) -> Outcome:
+        raise OSError(24, "Too many open files")
+
+
+async def test_one_broken_node_never_hides_the_others(repo: Repository, tmp_path: Path) -> None:
+    calls: list[str] = []
+    config = config_for(tmp_path)
+
+    def factory(address: str, *rest: Any) -> Any:
+        return Exploding() if address == "10.0.0.1" else Recorder(calls)
+    power = PowerService(config, repo, factory=factory)
+    for i in (1, 2):
+        await repo.add_node(NewNode(f"p{i}", (f"52:54:00:00:06:0{i}",)), actor="t")
+        await repo.set_bmc(f"p{i}", f"10.0.0.{i}", "u", "p", actor="t")
+    first, second = await power.run(PowerOp.STATUS, ["p1", "p2"], actor="test")
+    assert (first.ok, first.kind) == (False, "error") and "Too many open files" in (first.error or "")
+    assert second.ok and calls == ["status"]

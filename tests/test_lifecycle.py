@@ -3,6 +3,7 @@ with a fake clock, node tokens over HTTP, operator API, and golden boot scripts.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections import deque
@@ -280,7 +281,8 @@ async def test_boot_script_and_install_files_over_http(client: TestClient, repo:
     await repo.transition(node.name, S.HARDWARE_INSTALLING, Actor.OPERATOR, actor="t",
                           profile="ubuntu-24.04")
     await repo.transition(node.name, S.HARDWARE_INSTALLED, Actor.NODE, actor="node")
-    script = await (await client.get("/boot/grub", params={"node": node.name})).text()
+    assert (await client.get("/boot/grub", params={"node": node.name})).status == 401  # token inside
+    script = await (await client.get("/boot/grub", params={"node": node.name}, headers=AUTH)).text()
     assert f"'ds=nocloud-net;s=http://127.0.0.1:8080/install/{node.name}/{token}/'" in script
     no_token = await client.get(f"/install/{node.name}/user-data")
     assert no_token.status == 403
@@ -351,11 +353,24 @@ async def test_agent_self_tasks_and_bmc(client: TestClient, repo: Repository, tm
     assert (await client.get("/api/v1/nodes/b/self", headers=me)).status == 403
     view = await (await client.get("/api/v1/nodes/a/self", headers=me)).json()
     assert view == {"name": "a", "state": "discovering", "allocated": False, "profile": None}
+    # Hostile header bytes (not UTF-8) are a wrong token, not a server error.
+    assert not await repo.verify_token("a", "\udcff\udcfe")
+    for path in ("/api/v1/nodes/a/self", "/api/v1/nodes"):
+        reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".encode()
+                     + b"Authorization: Bearer \xff\xfe\r\n\r\n")
+        status_line = await reader.readline()
+        writer.close()
+        assert status_line.split()[1] in (b"401", b"403"), (path, status_line)
     names = (await (await client.get("/api/v1/nodes/a/tasks", headers=me)).text()).split()
     assert names == ["bmc", "10-raid", "20-bios"]
     bios = await (await client.get("/api/v1/nodes/a/tasks/20-bios", headers=me)).text()
     assert "export BOOTD_NODE=a" in bios and "echo bios" in bios
     assert (await client.get("/api/v1/nodes/a/tasks/nope", headers=me)).status == 404
+    early = await client.get("/api/v1/nodes/a/tasks/bmc", headers=me)
+    assert early.status == 409  # a new BMC password only during hardware-install
+    await repo.transition("a", S.DISCOVERED, Actor.NODE, actor="node")
+    await repo.transition("a", S.HARDWARE_INSTALLING, Actor.OPERATOR, actor="t", profile="rocky-9")
     bmc = await (await client.get("/api/v1/nodes/a/tasks/bmc", headers=me)).text()
     password = re.search(r"user set password 3 (\S+)", bmc).group(1)  # type: ignore[union-attr]
     assert (await repo.bmc_credentials("a")).password == password
@@ -364,8 +379,10 @@ async def test_agent_self_tasks_and_bmc(client: TestClient, repo: Repository, tm
     done = await client.post("/api/v1/nodes/a/tasks/10-raid", data="raid ok\n",
                              headers={**me, "X-Task-Status": "0"})
     assert done.status == 200
-    bad = await client.post("/api/v1/nodes/a/tasks/10-raid", data="x", headers=me)
-    assert bad.status == 400  # no exit status
+    for status in (None, "--1", "-²", "1e3", "99999999"):
+        headers = dict(me) if status is None else {**me, "X-Task-Status": status}
+        bad = await client.post("/api/v1/nodes/a/tasks/10-raid", data="x", headers=headers)
+        assert bad.status == 400, status
     events = await repo.events("a")
     assert events[-1].kind == "task" and events[-1].message.startswith("10-raid exit=0\nraid ok")
 

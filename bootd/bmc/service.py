@@ -50,6 +50,16 @@ class PowerService:
         return list(await asyncio.gather(*(self.one(op, n, actor=actor) for n in names)))
 
     async def one(self, op: PowerOp, name: str, *, actor: str) -> Result:
+        """Never raises: every failure is this node's result, so no node hides another."""
+        try:
+            return await self._one(op, name, actor=actor)
+        except BootdError as exc:
+            return Result(name, False, error=str(exc), kind="error")
+        except (OSError, ValueError) as exc:
+            log.error("BMC operation failed", extra=kv(node=name, op=op.value, reason=str(exc)))
+            return Result(name, False, error=f"{type(exc).__name__}: {exc}", kind="error")
+
+    async def _one(self, op: PowerOp, name: str, *, actor: str) -> Result:
         try:
             creds = await self._repo.bmc_credentials(name)
         except NotFound as exc:

@@ -164,7 +164,8 @@ class Repository:
         """Constant-time check of a node's own callback token."""
         async with self._tx(write=False) as s:
             stored = await s.scalar(select(t.Node.token).where(t.Node.name == name))
-        return stored is not None and hmac.compare_digest(stored.encode(), token.encode())
+        given = token.encode("utf-8", "surrogateescape")  # hostile bytes are just a wrong token
+        return stored is not None and hmac.compare_digest(stored.encode(), given)
 
     async def find_node_by_name(self, name: str) -> NodeRecord | None:
         async with self._tx(write=False) as s:

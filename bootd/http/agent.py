@@ -26,13 +26,15 @@ from aiohttp import web
 from bootd.config import Config
 from bootd.db.records import NodeRecord
 from bootd.db.repository import Repository
-from bootd.errors import InvalidInput, NotFound
+from bootd.errors import Conflict, InvalidInput, NotFound
 from bootd.files import Missing, Refused, read_regular, resolve
 from bootd.http.boot import REPO, SETTINGS, node_token_from, own_node
 from bootd.logs import kv
+from bootd.model.states import NodeState
 
 log = logging.getLogger("bootd.http")
 TASK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+EXIT_STATUS = re.compile(r"^-?[0-9]{1,5}\Z", re.ASCII)
 BMC_USER, BMC_USER_ID = "bootd", 3
 MAX_TASK_LOG = 64 * 1024
 
@@ -128,6 +130,10 @@ async def get_task(request: web.Request) -> web.Response:
     if task not in task_names(config):
         raise NotFound(f"no task {task!r} for node {node.name}")
     if task == "bmc":
+        if node.state is not NodeState.HARDWARE_INSTALLING:
+            # It sets a new BMC password: only as part of a hardware install.
+            raise Conflict(f"node {node.name} is {node.state.value}; the bmc task runs only "
+                           "in hardware-installing")
         text = await _bmc_script(request, node)
     else:
         try:
@@ -146,15 +152,16 @@ async def post_task(request: web.Request) -> web.Response:
     if not TASK_NAME.match(task):
         raise InvalidInput(f"{task!r} is not a task name")
     status_text = request.headers.get("X-Task-Status", "")
-    if not status_text.lstrip("-").isdigit():
+    if not EXIT_STATUS.match(status_text):
         raise InvalidInput("X-Task-Status must be the task's exit status")
+    status = int(status_text)
     body = (await request.content.read(MAX_TASK_LOG + 1))[:MAX_TASK_LOG]
     text = body.decode("utf-8", "replace")
     printable = "".join(c if c.isprintable() or c == "\n" else "?" for c in text)[-1800:]
     await request.app[REPO].record_event(node.name, "task", f"{task} exit={status_text}\n{printable}",
                                          actor=f"node:{node.name}")
     log.info("task reported", extra=kv(node=node.name, task=task, status=status_text))
-    return web.json_response({"node": node.name, "task": task, "status": int(status_text)})
+    return web.json_response({"node": node.name, "task": task, "status": status})
 
 
 def routes() -> list[web.RouteDef]:

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class Settings:
 
 SETTINGS = web.AppKey("settings", Settings)
 REPO = web.AppKey("boot-repository", Repository)
+OPERATOR = web.AppKey("operator-token", str)
 
 
 def _view(node: NodeRecord, token: str, mac: str | None = None) -> NodeView:
@@ -62,6 +64,13 @@ async def boot_script(request: web.Request) -> web.Response:
         raise NotFound(f"no boot script kind {kind!r} (one of {', '.join(boot.SCRIPT_TEMPLATES)})")
     name, mac_text = request.query.get("node"), request.query.get("mac")
     if name:
+        # A script carries the node's token: by name, only for the operator (a machine
+        # asks by its own MAC, which is what PXE identifies it by anyway).
+        header = request.headers.get("Authorization", "")
+        given = header[7:].strip().encode("utf-8", "surrogateescape") if header[:7].lower() == "bearer " \
+            else b""
+        if not hmac.compare_digest(given, request.app[OPERATOR].encode()):
+            raise web.HTTPUnauthorized(reason="?node= needs the operator token; machines ask by ?mac=")
         node = await repo.get_node(name)
         mac = node.boot_mac
     elif mac_text:

@@ -33,6 +33,12 @@ NODE_ROUTES = {"/api/v1/nodes/{name}/transition", "/api/v1/nodes/{name}/self",
 STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 400, DatabaseUnavailable: 503}
 
 
+def _where(request: web.Request) -> str:
+    """The route, not the raw path: /install/NODE/TOKEN/... must not put a token in a log."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "-"
+
+
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
@@ -48,13 +54,13 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except (NotFound, Conflict, InvalidInput, DatabaseUnavailable) as exc:
         status = STATUS[type(exc)]
         if status >= 500:
-            log.error("request failed", extra=kv(path=request.path, reason=str(exc)))
+            log.error("request failed", extra=kv(path=_where(request), reason=str(exc)))
         return _error(status, str(exc))
     except BootdError as exc:  # deliberate, but not the client's fault
-        log.error("request failed", extra=kv(path=request.path, reason=str(exc)))
+        log.error("request failed", extra=kv(path=_where(request), reason=str(exc)))
         return _error(500, str(exc))
     except Exception as exc:  # a bug: one log line with the reason, a JSON 500, never a dead server
-        log.error("request failed unexpectedly", extra=kv(path=request.path,
+        log.error("request failed unexpectedly", extra=kv(path=_where(request),
                                                           reason=f"{type(exc).__name__}: {exc}"))
         return _error(500, "internal error; see the server log")
 
@@ -67,9 +73,9 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         expected = request.app[TOKEN]
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
-                                                                 expected.encode()):
-            log.info("API request refused", extra=kv(peer=request.remote, path=request.path,
+        given = token.strip().encode("utf-8", "surrogateescape")  # header bytes as they came
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected.encode()):
+            log.info("API request refused", extra=kv(peer=request.remote, path=_where(request),
                                                      reason="missing or wrong bearer token"))
             resp = _error(401, "missing or wrong API token (Authorization: Bearer <token>)")
             resp.headers["WWW-Authenticate"] = 'Bearer realm="bootd"'
@@ -85,6 +91,7 @@ def build_app(repo: Repository, api_token: str, config: Config,
         app[api.POWER] = power
     app[boot.REPO] = repo
     app[boot.SETTINGS] = boot.Settings(config)
+    app[boot.OPERATOR] = api_token
     app[TOKEN] = api_token
     # The node callback first: /api/v1/nodes/{name}/{op} would match it too.
     app.add_routes(boot.routes())

@@ -151,8 +151,14 @@ def copy_binary(src: Path, dest_root: Path, rel: str, lib_dirs: list[Path]) -> N
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(src, target)
     env = {**os.environ, "LD_LIBRARY_PATH": ":".join(str(d) for d in lib_dirs)}
-    out = subprocess.run(["ldd", str(src)], capture_output=True, text=True, env=env).stdout
-    for line in out.splitlines():
+    try:
+        res = subprocess.run(["ldd", str(src)], capture_output=True, text=True, env=env)
+    except FileNotFoundError:
+        raise BuildError("ldd not found (Debian's libc-bin)") from None
+    missing = [line.split()[0] for line in res.stdout.splitlines() if "not found" in line]
+    if res.returncode != 0 or missing:
+        raise BuildError(f"{rel}: libraries not found: {', '.join(missing) or res.stderr.strip()}")
+    for line in res.stdout.splitlines():
         m = re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line)
         if m is None:
             continue
