@@ -83,11 +83,10 @@ async def _operate(args: argparse.Namespace, config: Config) -> int:
             try:
                 node = await r.transition(name, target, Actor.OPERATOR, actor=ACTOR,
                                           profile=profile, rename=rename)
-                if target in (NodeState.REINSTALL, NodeState.RESET) and node.bmc is not None \
-                        and config.bmc.lifecycle_power:
+                if target in (NodeState.REINSTALL, NodeState.RESET):
                     from bootd.bmc.service import PowerService
 
-                    for res in await PowerService(config, r).boot_from_network(node.name, actor=ACTOR):
+                    for res in await PowerService(config, r).after_move(node, actor=ACTOR):
                         if not res.ok:
                             print(f"{node.name}: power {res.kind}: {res.error}", file=sys.stderr)
                 out.append((node.name, None))

@@ -71,9 +71,8 @@ class LifecycleService:
             else:
                 log.info("node timed out, retrying", extra=kv(node=node.name, state=node.state.value,
                                                               retry=after.retries, budget=lc.retries))
-                if self._power is not None and after.bmc is not None and self.config.bmc.lifecycle_power:
-                    # A retry is a fresh network boot of the state's image.
-                    await self._power.boot_from_network(after.name, actor="timer")
+                if self._power is not None:  # a retry is a fresh network boot of the state's image
+                    await self._power.after_move(after, actor="timer")
         return changed
 
     async def stop(self) -> None:

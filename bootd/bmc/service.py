@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from bootd.bmc.controller import BmcError, ErrorKind, IpmiController, PowerController, PowerOp
 from bootd.bmc.throttle import Throttle
 from bootd.config import Config
+from bootd.db.records import NodeRecord
 from bootd.db.repository import Repository
 from bootd.errors import BootdError, NotFound
 from bootd.logs import kv
@@ -87,6 +88,14 @@ class PowerService:
                                            operation=op.value, actor=actor)
         except BootdError as exc:  # the node went away meanwhile: the result still stands
             log.info("BMC state not recorded", extra=kv(node=name, reason=str(exc)))
+
+    async def after_move(self, node: NodeRecord, *, actor: str) -> list[Result]:
+        """The lifecycle hook, decided in one place: a node moved to reinstall or reset,
+        or retrying a timed-out state, boots from the network again when bootd has its
+        BMC and the config lets it (bmc.lifecycle_power)."""
+        if node.bmc is None or not self.config.bmc.lifecycle_power:
+            return []
+        return await self.boot_from_network(node.name, actor=actor)
 
     async def boot_from_network(self, name: str, *, actor: str) -> list[Result]:
         """The lifecycle hook: next boot from PXE, then a power cycle (reinstall, reset, retries)."""

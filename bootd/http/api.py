@@ -156,10 +156,8 @@ async def _operate(repo: Repository, op: str, name: str, body: dict[str, Any]) -
 async def _power_hook(request: web.Request, op: str, node: NodeRecord) -> None:
     """reinstall/reset: next boot from the network, then a power cycle, when bootd has the BMC."""
     power = request.app.get(POWER)
-    if power is None or op not in ("reinstall", "reset") or node.bmc is None \
-            or not power.config.bmc.lifecycle_power:
-        return
-    await power.boot_from_network(node.name, actor="api")
+    if power is not None and op in ("reinstall", "reset"):
+        await power.after_move(node, actor="api")
 
 
 async def operate_one(request: web.Request) -> web.Response:

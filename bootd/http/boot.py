@@ -66,10 +66,7 @@ async def boot_script(request: web.Request) -> web.Response:
     if name:
         # A script carries the node's token: by name, only for the operator (a machine
         # asks by its own MAC, which is what PXE identifies it by anyway).
-        header = request.headers.get("Authorization", "")
-        given = header[7:].strip().encode("utf-8", "surrogateescape") if header[:7].lower() == "bearer " \
-            else b""
-        if not hmac.compare_digest(given, request.app[OPERATOR].encode()):
+        if not same_token(bearer(request) or "", request.app[OPERATOR]):
             raise web.HTTPUnauthorized(reason="?node= needs the operator token; machines ask by ?mac=")
         node = await repo.get_node(name)
         mac = node.boot_mac
@@ -105,10 +102,21 @@ async def images(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, chunk_size=256 * 1024)
 
 
+def bearer(request: web.Request) -> str | None:
+    """The token of `Authorization: Bearer T`, or None. The one parser of that header."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def same_token(given: str, expected: str) -> bool:
+    """Constant time; header bytes that are not UTF-8 are simply a wrong token."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
+
+
 def node_token_from(request: web.Request) -> str:
     """The node's token: Authorization: Bearer T, or ?token=T for fetch-only installers."""
-    header = request.headers.get("Authorization", "")
-    return header[7:].strip() if header[:7].lower() == "bearer " else request.query.get("token", "")
+    token = bearer(request)
+    return token if token is not None else request.query.get("token", "")
 
 
 async def own_node(request: web.Request, name: str, token: str) -> NodeRecord:

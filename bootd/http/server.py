@@ -10,7 +10,6 @@ directory); /healthz does not, so a load balancer or systemd can probe it.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -22,6 +21,7 @@ from bootd.config import Config
 from bootd.db.repository import Repository
 from bootd.errors import BootdError, Conflict, DatabaseUnavailable, InvalidInput, NotFound
 from bootd.http import agent, api, boot
+from bootd.http.boot import bearer, same_token
 from bootd.logs import kv
 from bootd.service import BindError
 
@@ -69,17 +69,14 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     # A node's own calls (progress, agent) carry the node's token, checked by their handlers.
     route = request.match_info.route.resource
-    if request.path.startswith("/api/") and (route is None or route.canonical not in NODE_ROUTES):
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        expected = request.app[TOKEN]
-        given = token.strip().encode("utf-8", "surrogateescape")  # header bytes as they came
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected.encode()):
-            log.info("API request refused", extra=kv(peer=request.remote, path=_where(request),
-                                                     reason="missing or wrong bearer token"))
-            resp = _error(401, "missing or wrong API token (Authorization: Bearer <token>)")
-            resp.headers["WWW-Authenticate"] = 'Bearer realm="bootd"'
-            return resp
+    operator_route = request.path.startswith("/api/") and (route is None
+                                                           or route.canonical not in NODE_ROUTES)
+    if operator_route and not same_token(bearer(request) or "", request.app[TOKEN]):
+        log.info("API request refused", extra=kv(peer=request.remote, path=_where(request),
+                                                 reason="missing or wrong bearer token"))
+        resp = _error(401, "missing or wrong API token (Authorization: Bearer <token>)")
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="bootd"'
+        return resp
     return await handler(request)
 
 
