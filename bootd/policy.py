@@ -27,7 +27,7 @@ from ipaddress import IPv4Address
 from bootd import boot
 from bootd.boot import NodeView
 from bootd.config import Config
-from bootd.db.records import DirectoryEntry
+from bootd.model.records import DirectoryEntry
 from bootd.db.repository import Repository
 from bootd.errors import BootdError
 from bootd.logs import kv

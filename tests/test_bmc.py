@@ -22,7 +22,7 @@ from bootd.bmc.throttle import Throttle
 from bootd.cli import main
 from bootd.config import Config, parse_config
 from bootd.db.engine import open_database
-from bootd.db.records import NewNode
+from bootd.model.records import NewNode
 from bootd.db.repository import Repository
 from bootd.http.server import build_app
 from bootd.keys import SecretBox

@@ -8,7 +8,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from bootd.config import parse_config
-from bootd.db.records import DirectoryEntry, LeaseState
+from bootd.model.records import DirectoryEntry, LeaseState
 from bootd.dhcp.classify import classify
 from bootd.dhcp.decide import BROADCAST, Decider, Ingress, Outcome
 from bootd.dhcp.leases import LeaseTable

@@ -11,7 +11,7 @@ from conftest import loopback_config
 
 from bootd.config import parse_config
 from bootd.db.engine import open_database
-from bootd.db.records import NewNode
+from bootd.model.records import NewNode
 from bootd.db.repository import Repository
 from bootd.errors import DatabaseUnavailable
 from bootd.http.server import build_app
@@ -75,7 +75,7 @@ async def test_leases_json(client: TestClient, repo: Repository) -> None:
     from datetime import UTC, datetime
     from ipaddress import IPv4Address
 
-    from bootd.db.records import LeaseRecord, LeaseState
+    from bootd.model.records import LeaseRecord, LeaseState
 
     expiry = datetime(2030, 1, 1, tzinfo=UTC)
     await repo.put_lease(LeaseRecord(IPv4Address("198.18.0.100"), "52:54:00:00:00:01",

@@ -19,7 +19,7 @@ from bootd import boot
 from bootd.boot import NodeView
 from bootd.config import Config, parse_config
 from bootd.db.engine import open_database
-from bootd.db.records import NewNode
+from bootd.model.records import NewNode
 from bootd.db.repository import Repository
 from bootd.errors import Conflict, InvalidInput
 from bootd.http.server import build_app

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from bootd.bmc.controller import BmcError, ErrorKind, IpmiController, PowerController, PowerOp
 from bootd.bmc.throttle import Throttle
 from bootd.config import Config
-from bootd.db.records import NodeRecord
+from bootd.model.records import NodeRecord
 from bootd.db.repository import Repository
 from bootd.errors import BootdError, NotFound
 from bootd.logs import kv

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bootd.db import schema as t
 from bootd.db.engine import WRITE
-from bootd.db.records import (
+from bootd.model.records import (
     BmcCredentials,
     BmcRecord,
     DirectoryEntry,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from bootd.config import Config, DhcpMode, Subnet
-from bootd.db.records import LeaseState
+from bootd.model.records import LeaseState
 from bootd.dhcp.classify import classify
 from bootd.dhcp.leases import Lease, LeaseTable, client_key
 from bootd.dhcp.options import (

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from ipaddress import IPv4Address
 
 from bootd.config import AddressRange
-from bootd.db.records import LeaseRecord, LeaseState
+from bootd.model.records import LeaseRecord, LeaseState
 
 HELD = (LeaseState.OFFERED, LeaseState.BOUND)
 SCAN_WINDOW = 4096  # bounds the work of one allocation while addresses await probing

@@ -25,7 +25,7 @@ from ipaddress import IPv4Address, IPv4Interface
 import netifaces
 
 from bootd.config import Config, DhcpMode, Subnet
-from bootd.db.records import LeaseRecord, LeaseState
+from bootd.model.records import LeaseRecord, LeaseState
 from bootd.db.repository import Repository
 from bootd.dhcp.decide import PXE_PORT, SERVER_PORT, Decider, Ingress
 from bootd.dhcp.leases import LeaseTable

@@ -24,7 +24,7 @@ from ipaddress import IPv4Address
 from aiohttp import web
 
 from bootd.config import Config
-from bootd.db.records import NodeRecord
+from bootd.model.records import NodeRecord
 from bootd.db.repository import Repository
 from bootd.errors import Conflict, InvalidInput, NotFound
 from bootd.files import Missing, Refused, read_regular, resolve

@@ -1,7 +1,7 @@
 """JSON API, /api/v1 (operator-facing; bearer-token protected by server.py).
 
 Handlers are thin: parse the request, ask the repository, render JSON. Node
-records never carry secrets (node tokens, BMC passwords); see db/records.py.
+records never carry secrets (node tokens, BMC passwords); see model/records.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from aiohttp import web
 from bootd import __version__
 from bootd.bmc.controller import PowerOp
 from bootd.bmc.service import PowerService, Result
-from bootd.db.records import EventRecord, LeaseRecord, NodeRecord
+from bootd.model.records import EventRecord, LeaseRecord, NodeRecord
 from bootd.db.repository import Repository
 from bootd.errors import BootdError, Conflict, InvalidInput, NotFound
 from bootd.model.lifecycle import Actor

@@ -26,7 +26,7 @@ from aiohttp import web
 from bootd import boot
 from bootd.boot import NodeView
 from bootd.config import Config
-from bootd.db.records import NodeRecord
+from bootd.model.records import NodeRecord
 from bootd.db.repository import Repository
 from bootd.errors import InvalidInput, NotFound
 from bootd.files import Missing, Refused, resolve
