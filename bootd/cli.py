@@ -22,12 +22,12 @@ from bootd.app import EXIT_CONFIG, EXIT_FAILURE, Daemon
 from bootd.bmc.controller import PowerOp
 from bootd.config import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, Config, load_config
 from bootd.db.engine import open_database
-from bootd.model.records import NewNode, NodeRecord
 from bootd.db.repository import Repository
 from bootd.errors import BootdError, ConfigError, Conflict, InvalidInput, NotFound
 from bootd.http.api import event_json, lease_json, node_json
 from bootd.keys import SecretBox
 from bootd.model.lifecycle import Actor
+from bootd.model.records import NewNode, NodeRecord
 from bootd.model.states import NodeState
 
 T = TypeVar("T")

@@ -16,10 +16,10 @@ from datetime import datetime, timedelta
 
 from bootd.bmc.service import PowerService
 from bootd.config import Config
-from bootd.model.records import NodeRecord
 from bootd.db.repository import Repository, utcnow
 from bootd.errors import BootdError
 from bootd.logs import kv
+from bootd.model.records import NodeRecord
 from bootd.model.states import NodeState
 
 log = logging.getLogger("bootd.lifecycle")

@@ -27,12 +27,12 @@ from ipaddress import IPv4Address
 from bootd import boot
 from bootd.boot import NodeView
 from bootd.config import Config
-from bootd.model.records import DirectoryEntry
 from bootd.db.repository import Repository
 from bootd.errors import BootdError
 from bootd.logs import kv
 from bootd.model.clients import Arch, BootClient, Firmware
 from bootd.model.names import mac_address
+from bootd.model.records import DirectoryEntry
 from bootd.model.states import NodeState
 from bootd.render import BootTarget, render
 

@@ -22,11 +22,11 @@ from bootd.bmc.throttle import Throttle
 from bootd.cli import main
 from bootd.config import Config, parse_config
 from bootd.db.engine import open_database
-from bootd.model.records import NewNode
 from bootd.db.repository import Repository
 from bootd.http.server import build_app
 from bootd.keys import SecretBox
 from bootd.model.lifecycle import Actor
+from bootd.model.records import NewNode
 from bootd.model.states import NodeState as S
 
 TOKEN = "operator-token"

@@ -15,11 +15,11 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
 from bootd.db.engine import create_engine, current_revision, head_revision, migrate, open_database
-from bootd.model.records import LeaseRecord, LeaseState, NewNode
 from bootd.db.repository import Repository
 from bootd.db.schema import Base
 from bootd.errors import Conflict, DatabaseUnavailable, InvalidInput, NotFound
 from bootd.keys import SecretBox
+from bootd.model.records import LeaseRecord, LeaseState, NewNode
 from bootd.model.states import NodeState
 
 TABLES = {"nodes", "interfaces", "leases", "bmcs", "events", "alembic_version"}

@@ -8,13 +8,13 @@ from ipaddress import IPv4Address
 import pytest
 
 from bootd.config import parse_config
-from bootd.model.records import DirectoryEntry, LeaseState
 from bootd.dhcp.classify import classify
 from bootd.dhcp.decide import BROADCAST, Decider, Ingress, Outcome
 from bootd.dhcp.leases import LeaseTable
 from bootd.dhcp.options import MessageType, Opt, Options
 from bootd.dhcp.packet import BOOTREQUEST, BROADCAST_FLAG, Packet, parse
 from bootd.model.clients import Arch, Firmware
+from bootd.model.records import DirectoryEntry, LeaseState
 from bootd.policy import Policy
 
 CONFIG = """

@@ -11,11 +11,11 @@ from conftest import loopback_config
 
 from bootd.config import parse_config
 from bootd.db.engine import open_database
-from bootd.model.records import NewNode
 from bootd.db.repository import Repository
 from bootd.errors import DatabaseUnavailable
 from bootd.http.server import build_app
 from bootd.keys import SecretBox
+from bootd.model.records import NewNode
 
 TOKEN = "operator-token"
 CONFIG = parse_config(loopback_config(Path("/nonexistent/state"), 8080))

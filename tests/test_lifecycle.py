@@ -19,13 +19,13 @@ from bootd import boot
 from bootd.boot import NodeView
 from bootd.config import Config, parse_config
 from bootd.db.engine import open_database
-from bootd.model.records import NewNode
 from bootd.db.repository import Repository
 from bootd.errors import Conflict, InvalidInput
 from bootd.http.server import build_app
 from bootd.keys import SecretBox
 from bootd.lifecycle import LifecycleService, overdue
 from bootd.model.lifecycle import BOOT, DEFAULT_TIMEOUTS, TRANSITIONS, Actor, Boot, allowed
+from bootd.model.records import NewNode
 from bootd.model.states import NodeState as S
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from bootd.bmc.controller import BmcError, ErrorKind, IpmiController, PowerController, PowerOp
 from bootd.bmc.throttle import Throttle
 from bootd.config import Config
-from bootd.model.records import NodeRecord
 from bootd.db.repository import Repository
 from bootd.errors import BootdError, NotFound
 from bootd.logs import kv
+from bootd.model.records import NodeRecord
 
 log = logging.getLogger("bootd.bmc")
 POWERS_ON = {PowerOp.ON, PowerOp.CYCLE, PowerOp.RESET}

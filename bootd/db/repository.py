@@ -27,6 +27,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bootd.db import schema as t
 from bootd.db.engine import WRITE
+from bootd.errors import Conflict, DatabaseUnavailable, InvalidInput, NotFound
+from bootd.keys import SecretBox, new_node_token
+from bootd.model.lifecycle import Actor, allowed, targets
+from bootd.model.names import mac_address, node_name, short_text
 from bootd.model.records import (
     BmcCredentials,
     BmcRecord,
@@ -38,10 +42,6 @@ from bootd.model.records import (
     NewNode,
     NodeRecord,
 )
-from bootd.errors import Conflict, DatabaseUnavailable, InvalidInput, NotFound
-from bootd.keys import SecretBox, new_node_token
-from bootd.model.lifecycle import Actor, allowed, targets
-from bootd.model.names import mac_address, node_name, short_text
 from bootd.model.states import NodeState
 
 Clock = Callable[[], datetime]

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from bootd.config import Config, DhcpMode, Subnet
-from bootd.model.records import LeaseState
 from bootd.dhcp.classify import classify
 from bootd.dhcp.leases import Lease, LeaseTable, client_key
 from bootd.dhcp.options import (
@@ -40,6 +39,7 @@ from bootd.dhcp.options import (
 )
 from bootd.dhcp.packet import BOOTREPLY, BOOTREQUEST, BROADCAST_FLAG, ZERO, Packet, build
 from bootd.model.clients import BootClient, Firmware
+from bootd.model.records import LeaseState
 from bootd.policy import BootAnswer, Policy
 
 SERVER_PORT, CLIENT_PORT, PXE_PORT = 67, 68, 4011

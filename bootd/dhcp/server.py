@@ -25,7 +25,6 @@ from ipaddress import IPv4Address, IPv4Interface
 import netifaces
 
 from bootd.config import Config, DhcpMode, Subnet
-from bootd.model.records import LeaseRecord, LeaseState
 from bootd.db.repository import Repository
 from bootd.dhcp.decide import PXE_PORT, SERVER_PORT, Decider, Ingress
 from bootd.dhcp.leases import LeaseTable
@@ -35,6 +34,7 @@ from bootd.dhcp.probe import ArpProber, IcmpProber
 from bootd.dhcp.transport import Datagram, DhcpSocket
 from bootd.errors import BootdError
 from bootd.logs import Throttle, kv
+from bootd.model.records import LeaseRecord, LeaseState
 from bootd.policy import Policy
 
 log = logging.getLogger("bootd.dhcp")

@@ -24,12 +24,12 @@ from ipaddress import IPv4Address
 from aiohttp import web
 
 from bootd.config import Config
-from bootd.model.records import NodeRecord
 from bootd.db.repository import Repository
 from bootd.errors import Conflict, InvalidInput, NotFound
 from bootd.files import Missing, Refused, read_regular, resolve
 from bootd.http.boot import REPO, SETTINGS, node_token_from, own_node
 from bootd.logs import kv
+from bootd.model.records import NodeRecord
 from bootd.model.states import NodeState
 
 log = logging.getLogger("bootd.http")

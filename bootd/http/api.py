@@ -14,10 +14,10 @@ from aiohttp import web
 from bootd import __version__
 from bootd.bmc.controller import PowerOp
 from bootd.bmc.service import PowerService, Result
-from bootd.model.records import EventRecord, LeaseRecord, NodeRecord
 from bootd.db.repository import Repository
 from bootd.errors import BootdError, Conflict, InvalidInput, NotFound
 from bootd.model.lifecycle import Actor
+from bootd.model.records import EventRecord, LeaseRecord, NodeRecord
 from bootd.model.states import NodeState
 
 REPO = web.AppKey("repository", Repository)

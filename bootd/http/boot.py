@@ -26,7 +26,6 @@ from aiohttp import web
 from bootd import boot
 from bootd.boot import NodeView
 from bootd.config import Config
-from bootd.model.records import NodeRecord
 from bootd.db.repository import Repository
 from bootd.errors import InvalidInput, NotFound
 from bootd.files import Missing, Refused, resolve
@@ -34,6 +33,7 @@ from bootd.http.api import json_body
 from bootd.logs import kv
 from bootd.model.lifecycle import Actor
 from bootd.model.names import mac_address
+from bootd.model.records import NodeRecord
 from bootd.model.states import NodeState
 
 log = logging.getLogger("bootd.http")

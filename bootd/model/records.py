@@ -1,8 +1,9 @@
 """Domain records every layer shares: nodes, leases, events, as frozen values.
 
-The repository hands these out, never ORM objects: ORM objects are bound to a session and lazy-load; records are plain values that
-cross into protocol code and JSON without surprises. No record carries a secret
-(node token, BMC password): those have their own narrow methods.
+The repository hands these out, never ORM objects: ORM objects are bound to a
+session and lazy-load; records are plain values that cross into protocol code
+and JSON without surprises. No record carries a secret (node token, BMC
+password): those have their own narrow methods.
 """
 
 from __future__ import annotations
