@@ -121,6 +121,10 @@ class Policy:
         """DHCP bound `ip` to `mac`: TFTP and HTTP can tell who asks by source address."""
         self._macs_by_ip[ip] = mac
 
+    def unleased(self, ip: IPv4Address) -> None:
+        """The lease of `ip` ended (released, declined, expired): nobody holds it now."""
+        self._macs_by_ip.pop(ip, None)
+
     def tftp_file(self, name: str, peer: IPv4Address) -> bytes | None:
         """A generated per-machine config for a TFTP name, or None for a plain file."""
         path = name.replace("\\", "/").lstrip("/")
