@@ -12,6 +12,7 @@ both end as `Conflict`.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -95,10 +96,11 @@ class Repository:
             node = t.Node(
                 name=name, state=spec.state.value, allocated=False, profile=profile,
                 admin_ip=None if spec.admin_ip is None else str(spec.admin_ip), rack=rack,
-                location=None, token=new_node_token(), created_at=now, updated_at=now,
+                location=None, created_at=now, updated_at=now, origin=spec.origin,
                 state_changed_at=now, bmc=None,
                 interfaces=[t.Interface(mac=m, is_boot=(i == 0)) for i, m in enumerate(macs)],
             )
+            self.rotate_token(node)
             s.add(node)
             await s.flush()
             self._event(s, node, "created", None, spec.state, actor, f"macs={','.join(macs) or '-'}")
@@ -127,11 +129,11 @@ class Repository:
         async with self._tx(write=False) as s:
             rows = await s.execute(
                 select(t.Interface.mac, t.Node.name, t.Node.admin_ip, t.Node.location, t.Node.state,
-                       t.Node.profile, t.Node.token)
+                       t.Node.profile)
                 .join(t.Node, t.Interface.node_id == t.Node.id))
             return [DirectoryEntry(mac, name, None if ip is None else IPv4Address(ip), loc,
-                                   NodeState(state), profile, token)
-                    for mac, name, ip, loc, state, profile, token in rows]
+                                   NodeState(state), profile)
+                    for mac, name, ip, loc, state, profile in rows]
 
     async def inventory_stamp(self) -> int:
         """Changes whenever any node changes: every change appends an event in its transaction."""
@@ -143,7 +145,7 @@ class Repository:
         None if its MAC belongs to a node already (another process was faster)."""
         mac = mac_address(mac)
         try:
-            node = await self.add_node(NewNode(f"node-{mac.replace(':', '')}", (mac,)), actor=actor)
+            node = await self.add_node(NewNode(f"node-{mac.replace(':', '')}", (mac,), origin="booted"), actor=actor)
         except Conflict:
             return None
         if location is not None:
@@ -161,11 +163,10 @@ class Repository:
             return _node_record(node)
 
     async def verify_token(self, name: str, token: str) -> bool:
-        """Constant-time check of a node's own callback token."""
+        """Constant-time check of a node's own callback token (against its stored hash)."""
         async with self._tx(write=False) as s:
-            stored = await s.scalar(select(t.Node.token).where(t.Node.name == name))
-        given = token.encode("utf-8", "surrogateescape")  # hostile bytes are just a wrong token
-        return stored is not None and hmac.compare_digest(stored.encode(), given)
+            stored = await s.scalar(select(t.Node.token).where(t.Node.name == name.lower()))
+        return stored is not None and hmac.compare_digest(stored, token_hash(token))
 
     async def find_node_by_name(self, name: str) -> NodeRecord | None:
         async with self._tx(write=False) as s:
@@ -178,13 +179,33 @@ class Repository:
         if len(token) < 32:
             return None
         async with self._tx(write=False) as s:
-            node = await s.scalar(select(t.Node).where(t.Node.token == token))
+            node = await s.scalar(select(t.Node).where(t.Node.token == token_hash(token)))
             return None if node is None else _node_record(node)
 
     async def node_token(self, name: str) -> str:
         """For rendering the node's own boot script only; never for listings."""
         async with self._tx(write=False) as s:
-            return (await self._load(s, name)).token
+            node = await self._load(s, name)
+            if node.token_sealed is None:
+                raise NotFound(f"node {node.name} has no sealed token yet (start bootd once)")
+            return self._secrets.open(node.token_sealed)
+
+    def rotate_token(self, node: t.Node) -> str:
+        """A new token for `node` (in its caller's transaction): the hash for
+        verification, the sealed copy for its boot script. Returns the token."""
+        token = new_node_token()
+        node.token, node.token_sealed = token_hash(token), self._secrets.seal(token)
+        return token
+
+    async def seal_tokens(self) -> int:
+        """Rows written before migration 0004 hold a plain token and no sealed copy:
+        seal and hash them (the key is only here, not in the migration). Idempotent."""
+        async with self._tx(write=True) as s:
+            rows = list(await s.scalars(select(t.Node).where(t.Node.token_sealed.is_(None))))
+            for node in rows:
+                plain = node.token
+                node.token, node.token_sealed = token_hash(plain), self._secrets.seal(plain)
+            return len(rows)
 
     async def events(self, name: str, limit: int = 1000) -> list[EventRecord]:
         """A node's log: by its id while it exists (so it spans renames), else by name."""
@@ -411,6 +432,11 @@ class Repository:
                       from_state=None if from_state is None else from_state.value,
                       to_state=None if to_state is None else to_state.value,
                       actor=actor, message=message))
+
+
+def token_hash(token: str) -> str:
+    """SHA-256 hex of a node token; hostile bytes (not UTF-8) are just a wrong token."""
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _node_record(n: t.Node) -> NodeRecord:

@@ -71,8 +71,18 @@ class Node(Base):
     admin_ip: Mapped[str | None] = mapped_column(String(15), unique=True)
     rack: Mapped[str | None] = mapped_column(String(64))
     location: Mapped[str | None] = mapped_column(String(255))
-    # Per-node secret that authenticates the node's own callbacks. Random, 256 bits.
-    token: Mapped[str] = mapped_column(String(64))
+    # Per-node secret that authenticates the node's own callbacks (random, 256
+    # bits): stored as its SHA-256 (hex) for lookup and verification, and sealed
+    # under the state directory's key for the node's own boot script, so a copy
+    # of the database alone hands out no token.
+    token: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    token_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Optimistic concurrency: every write of a node bumps it, and a write that
+    # finds another version lost a race (two moves at once: exactly one wins).
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # "booted" (recorded from a PXE boot) or "operator" (added by API/CLI):
+    # booted machines that never report expire.
+    origin: Mapped[str] = mapped_column(String(16), default="operator", server_default="operator")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
     state_changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
@@ -129,6 +139,20 @@ class Bmc(Base):
     checked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
     node: Mapped[Node] = relationship(back_populates="bmc")
+
+
+class BmcPending(Base):
+    """New BMC credentials handed to a node's bmc task, not yet reported applied.
+    The unique address is the reservation: two nodes cannot be handed one address."""
+
+    __tablename__ = "bmc_pending"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), unique=True)
+    address: Mapped[str | None] = mapped_column(String(255), unique=True)
+    username: Mapped[str] = mapped_column(String(64))
+    password_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class Event(Base):

@@ -82,10 +82,6 @@ class DirectoryEntry:
     location: str | None
     state: NodeState = NodeState.DISCOVERING
     profile: str | None = None
-    token: str = ""
-
-    def __repr__(self) -> str:  # the token stays out of logs
-        return f"DirectoryEntry({self.mac}, {self.name}, {self.state.value})"
 
 
 @dataclass(frozen=True)
@@ -98,6 +94,7 @@ class NewNode:
     admin_ip: IPv4Address | None = None
     rack: str | None = None
     state: NodeState = NodeState.DISCOVERING
+    origin: str = "operator"  # or "booted": recorded from a PXE boot, expires if it never reports
 
 
 @dataclass(frozen=True)
