@@ -31,6 +31,7 @@ from bootd.db.engine import open_database
 from bootd.db.repository import Repository
 from bootd.dhcp.server import DhcpService
 from bootd.errors import BootdError, ConfigError
+from bootd.feed import ChangeFeed
 from bootd.http.server import HttpService
 from bootd.keys import SecretBox, api_token
 from bootd.lifecycle import LifecycleService
@@ -38,6 +39,7 @@ from bootd.logs import kv
 from bootd.policy import Policy
 from bootd.sdnotify import Notifier
 from bootd.service import Service
+from bootd.tasks import Tasks
 from bootd.tftp.server import TftpService
 
 log = logging.getLogger("bootd.app")
@@ -61,11 +63,13 @@ ServiceFactory = Callable[[Config, Repository], list[Service]]
 
 
 def build_services(config: Config, repo: Repository) -> list[Service]:
-    policy = Policy(config, repo)
+    feed = ChangeFeed()
+    policy = Policy(config, repo, feed)
     power = PowerService(config, repo)
     services: list[Service] = [policy, LifecycleService(config, repo, power=power)]
     if config.services.http:
-        services.append(HttpService(config, repo, api_token(config.http.api_token_file), power))
+        services.append(HttpService(config, repo, api_token(config.http.api_token_file), policy=policy,
+                                    tasks=Tasks(config, repo), power=power))
     if config.services.dhcp:
         services.append(DhcpService(config, repo, policy))
     if config.services.tftp:
@@ -117,7 +121,9 @@ class Daemon:
             log.error("cannot start: %s", exc)
             return EXIT_FAILURE
         try:
-            return await self._run_with(Repository(engine, SecretBox.from_file(self.config.secret_key_file)))
+            repo = Repository(engine, SecretBox.from_file(self.config.secret_key_file))
+            await repo.seal_tokens()
+            return await self._run_with(repo)
         except BootdError as exc:
             log.error("cannot start: %s", exc)
             return EXIT_FAILURE

@@ -15,6 +15,7 @@ from bootd.config import Config
 from bootd.errors import InvalidInput
 from bootd.model.lifecycle import BOOT, Boot
 from bootd.model.profiles import ANSWER_FILE, Family, Profile
+from bootd.model.records import DirectoryEntry, NodeRecord
 from bootd.model.states import NodeState
 from bootd.render import BootTarget, render
 
@@ -34,6 +35,15 @@ class NodeView:
     profile: str | None = None
     token: str = ""
     admin_ip: IPv4Address | None = None
+
+
+def view_of(node: NodeRecord | DirectoryEntry, mac: str | None = None, token: str = "") -> NodeView:
+    """The one way to make a NodeView from what the inventory holds."""
+    if isinstance(node, DirectoryEntry):
+        boot_mac = node.mac
+    else:
+        boot_mac = node.boot_mac or "00:00:00:00:00:00"
+    return NodeView(node.name, mac or boot_mac, node.state, node.profile, token, node.admin_ip)
 
 
 def profile_of(view: NodeView, config: Config, override: str | None = None) -> Profile | None:

@@ -2,25 +2,32 @@
 
 DHCP (67 and proxy 4011), TFTP and HTTP all ask here, so they cannot drift
 apart. Answers come from memory: the node directory is a copy of the
-inventory's addressing facts, refreshed when the inventory changes (the CLI
-writes the database from another process, so the daemon polls a cheap stamp
-rather than trusting only its own writes). Writes the protocols cause (an
-unknown machine booted; a relay reported a new switch port) go to the
-repository in the background, never in a reply path.
+inventory's addressing facts, reloaded when the change feed says a node
+changed, and by a cheap stamp poll for writes from another process (the CLI).
+Writes the protocols cause (an unknown machine booted; a relay reported a new
+switch port) go to the repository in the background, never in a reply path.
 
 Boot answers by client kind:
 - PXE ROM: the first-stage loader for its architecture, by TFTP (config [boot]);
 - UEFI HTTP boot: the loader by HTTP, with option 60 "HTTPClient";
 - iPXE: the URL of its per-node boot script, so it does not load itself again;
 - anything else (an installed OS renewing its lease): no boot options.
-What the script says depends on the node's state: that is the HTTP side's
-business, behind the URL.
+
+Trust. A node's token opens its answer files (root hash) and lets it move
+itself through the lifecycle, so the scripts that carry it (discovery and
+install states) go only to the peer that holds bootd's lease for the node's
+MAC (DHCP tells the policy who holds which address), or to the operator. MACs
+are in every broadcast DISCOVER; a lease is the most PXE offers. Local-boot
+scripts carry no token and go to anyone. HTTP never records a machine: only a
+PXE DHCP exchange does, with the number in flight capped and a token bucket
+per interface, so a spoofed-MAC flood costs a bounded amount of work.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -28,17 +35,27 @@ from bootd import boot
 from bootd.boot import NodeView
 from bootd.config import Config
 from bootd.db.repository import Repository
-from bootd.errors import BootdError
-from bootd.logs import kv
+from bootd.errors import BootdError, NotFound
+from bootd.feed import ChangeFeed, NodeChanged
+from bootd.logs import Throttle, kv
 from bootd.model.clients import Arch, BootClient, Firmware
+from bootd.model.lifecycle import BOOT, Boot
 from bootd.model.names import mac_address
-from bootd.model.records import DirectoryEntry
+from bootd.model.records import DirectoryEntry, NodeRecord
 from bootd.model.states import NodeState
 from bootd.render import BootTarget, render
 
 log = logging.getLogger("bootd.policy")
 REFRESH_SECONDS = 2.0
 ACTOR = "dhcp"
+# Registrations of unknown machines: at most this many database writes in flight,
+# and per interface (or relay) a token bucket. A real rack powering on is a few
+# hundred machines over a minute; a spoofed-MAC flood is thousands a second.
+MAX_REGISTERING = 32
+REGISTER_RATE = 20.0   # per second, per interface
+REGISTER_BURST = 200
+# How long an HTTP script request waits for the registration its DHCP exchange started.
+REGISTER_WAIT = 3.0
 
 
 def _mac_from(leaf: str) -> str | None:
@@ -62,19 +79,46 @@ class BootAnswer:
         return "://" in self.filename
 
 
+class NotLeaseHolder(BootdError):
+    """A script with a node's token was asked for by a peer that does not hold its lease."""
+
+
+class _Bucket:
+    """A token bucket: `rate` per second, at most `burst` saved up."""
+
+    __slots__ = ("level", "stamp")
+
+    def __init__(self, now: float) -> None:
+        self.level, self.stamp = float(REGISTER_BURST), now
+
+    def take(self, now: float) -> bool:
+        self.level = min(float(REGISTER_BURST), self.level + (now - self.stamp) * REGISTER_RATE)
+        self.stamp = now
+        if self.level < 1.0:
+            return False
+        self.level -= 1.0
+        return True
+
+
 class Policy:
     """Also a Service: it starts with a full directory and keeps it current."""
 
     name = "policy"
 
-    def __init__(self, config: Config, repo: Repository | None = None) -> None:
+    def __init__(self, config: Config, repo: Repository | None = None, feed: ChangeFeed | None = None) -> None:
         self.config = config
         self._repo = repo
         self._nodes: dict[str, DirectoryEntry] = {}
         self._macs_by_ip: dict[IPv4Address, str] = {}
         self._stamp = -1
-        self._pending: set[str] = set()  # MACs being registered or relocated
+        self._pending: dict[str, asyncio.Event] = {}  # MACs being registered or relocated
+        self._buckets: dict[str, _Bucket] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._dirty = asyncio.Event()
+        self._say = Throttle(60.0, keys=64)
+        self.refused = {"registrations-busy": 0, "registrations-rate": 0, "not-lease-holder": 0}
+        if feed is not None:
+            feed.subscribe(self._on_change)
 
     # -- answers (synchronous, from memory) -----------------------------------
 
@@ -106,16 +150,31 @@ class Policy:
             Arch.EFI_ARM64: boot.uefi_arm64, Arch.EFI_ARM64_HTTP: boot.uefi_arm64,
         }.get(arch) if arch is not None else None
 
-    def view(self, mac: str) -> NodeView:
-        """The rendering facts of the machine with this MAC (known or not)."""
-        node = self._nodes.get(mac)
-        if node is None:
+    def holds_lease(self, peer: IPv4Address | None, mac: str) -> bool:
+        return peer is not None and self._macs_by_ip.get(peer) == mac
+
+    def view(self, mac: str, *, with_token: bool = False) -> NodeView:
+        """The rendering facts of the machine with this MAC (known or not); its
+        token only when asked for (the caller checked who is asking)."""
+        entry = self._nodes.get(mac)
+        if entry is None:
             return NodeView("-", mac, NodeState.DISCOVERING)
-        return NodeView(node.name, mac, node.state, node.profile, node.token, node.admin_ip)
+        token = self._open(entry) if with_token else ""
+        return boot.view_of(entry, mac, token)
+
+    def _open(self, entry: DirectoryEntry) -> str:
+        if entry.token_sealed is None or self._repo is None:
+            return ""
+        return self._repo.open_token(entry.token_sealed)
 
     def target(self, mac: str) -> BootTarget:
         """What this machine boots now, by its state (bootd.boot)."""
         return boot.target(self.view(mac), self.config)
+
+    @staticmethod
+    def needs_token(state: NodeState) -> bool:
+        """Discovery and install scripts carry the node's token; local boot does not."""
+        return BOOT[state] is not Boot.LOCAL
 
     def leased(self, mac: str, ip: IPv4Address) -> None:
         """DHCP bound `ip` to `mac`: TFTP and HTTP can tell who asks by source address."""
@@ -125,42 +184,132 @@ class Policy:
         """The lease of `ip` ended (released, declined, expired): nobody holds it now."""
         self._macs_by_ip.pop(ip, None)
 
-    def tftp_file(self, name: str, peer: IPv4Address) -> bytes | None:
-        """A generated per-machine config for a TFTP name, or None for a plain file."""
-        path = name.replace("\\", "/").lstrip("/")
+    def tftp_file(self, path: str, peer: IPv4Address) -> bytes | None:
+        """A generated per-machine config for a TFTP path (already normalised by the
+        TFTP listener: relative, '/'-separated), or None for a plain file."""
         leaf = path.rpartition("/")[2]
         if path.startswith("pxelinux.cfg/"):
             mac = _mac_from(leaf) or self._macs_by_ip.get(peer)
             if mac is None:  # "default" or a hex-IP name from a machine we never leased
                 return None
-            return self._script("pxelinux", mac)
+            return self._tftp_script("pxelinux", mac, peer)
         if leaf == "grub.cfg" or leaf.startswith("grub.cfg-"):
             mac = _mac_from(leaf.removeprefix("grub.cfg-")) or self._macs_by_ip.get(peer)
             if mac is None:
                 return render("grub-common.cfg.j2").encode()
-            return self._script("grub", mac)
+            return self._tftp_script("grub", mac, peer)
         return None
 
-    def _script(self, kind: str, mac: str) -> bytes:
+    def _tftp_script(self, kind: str, mac: str, peer: IPv4Address) -> bytes | None:
         try:
-            return boot.script(kind, self.view(mac), self.config).encode()
+            return self.script(kind, mac, peer).encode()
+        except NotLeaseHolder as exc:
+            # Not found, as for any name we have nothing under: pxelinux goes on to
+            # its next candidate name and ends at "default".
+            self._refuse("not-lease-holder", str(exc))
+            return None
         except BootdError as exc:
             # A node allocated with a profile the config no longer has: say so in
             # the config it boots, which then does nothing, and in the log.
             log.warning("cannot render boot config", extra=kv(mac=mac, kind=kind, reason=str(exc)))
             return f"# bootd: {exc}\n".encode()
 
+    def script(self, kind: str, mac: str, peer: IPv4Address | None, *, operator: bool = False) -> str:
+        """The boot script of `kind` for the machine with `mac`, as asked by `peer`."""
+        entry = self._nodes.get(mac)
+        trusted = operator or self.holds_lease(peer, mac)
+        if entry is not None and self.needs_token(entry.state) and not trusted:
+            raise NotLeaseHolder(
+                f"{peer or 'this peer'} does not hold bootd's lease for {mac}; a {entry.state.value} "
+                "script carries the node's token and goes only to the lease holder or the operator")
+        return boot.script(kind, self.view(mac, with_token=trusted), self.config)
+
+    async def boot_script(self, kind: str, mac: str, peer: IPv4Address | None, *,
+                          operator: bool = False) -> str:
+        """HTTP's way in: like `script`, but waits briefly for a registration that
+        this machine's own DHCP exchange started a moment ago."""
+        pending = self._pending.get(mac)
+        if mac not in self._nodes and pending is not None:
+            try:
+                await asyncio.wait_for(pending.wait(), REGISTER_WAIT)
+            except TimeoutError:
+                pass
+        return self.script(kind, mac, peer, operator=operator)
+
+    async def identity(self, mac: str, peer: IPv4Address | None) -> tuple[str, str]:
+        """(name, token) of the node with `mac`, for its lease holder only: how the
+        discovery agent learns its new token after an allocation rotated it."""
+        if not self.holds_lease(peer, mac):
+            self._refuse("not-lease-holder", f"identity of {mac} asked by {peer}")
+            raise NotLeaseHolder(f"{peer} does not hold bootd's lease for {mac}")
+        node = None if self._repo is None else await self._repo.find_node_by_mac(mac)
+        if node is None or self._repo is None:
+            raise NotFound(f"no node has MAC {mac}")
+        return node.name, await self._repo.node_token(node.name)
+
+    # -- a node speaking for itself, with its token ------------------------------
+
+    async def own_node(self, name: str, token: str) -> NodeRecord | None:
+        """The node `name` if `token` is its token (constant time), else None. Under a
+        name it no longer has (allocation renamed it), its token still finds it."""
+        if self._repo is None or not token:
+            return None
+        if await self._repo.verify_token(name, token):
+            return await self._repo.get_node(name)
+        if await self._repo.find_node_by_name(name) is None:
+            return await self._repo.node_by_token(token)
+        return None
+
+    def answer(self, kind: str, node: NodeRecord, token: str) -> str:
+        """An install file of an authenticated node: kickstart, preseed, user-data,
+        or cloud-init's meta-data/vendor-data."""
+        if kind == "meta-data":
+            return (f"instance-id: {node.name}-{int(node.state_changed_at.timestamp())}\n"
+                    f"local-hostname: {node.name}\n")
+        if kind == "vendor-data":
+            return "#cloud-config\n{}\n"
+        if kind not in boot.ANSWER_KINDS:
+            raise NotFound(f"no install file {kind!r}")
+        return boot.answer(kind, boot.view_of(node, token=token), self.config)
+
+    async def boot_mac(self, name: str) -> str:
+        """The boot MAC of node `name` (NotFound if there is no such node or it has none)."""
+        if self._repo is None:
+            raise NotFound(f"no node named {name!r}")
+        node = await self._repo.get_node(name)
+        if node.boot_mac is None:
+            raise NotFound(f"node {node.name} has no boot MAC")
+        return node.boot_mac
+
+    def _refuse(self, reason: str, detail: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        if self._say(time.monotonic(), reason):  # per reason, never per attacker-chosen text
+            log.warning("refused", extra=kv(reason=reason, example=detail[:200],
+                                            count=self.refused[reason]))
+
     # -- what protocols saw (asynchronous writes) ------------------------------
 
-    def booted(self, client: BootClient, location: str | None) -> None:
-        """A booting machine asked for an address. Unknown: record it in discovering.
-        Known with a new relay location: store the location."""
+    def booted(self, client: BootClient, location: str | None, via: str = "-") -> None:
+        """A booting machine asked for an address (on interface or relay `via`).
+        Unknown: record it in discovering. Known with a new relay location: store it."""
         if self._repo is None or not client.booting or client.mac in self._pending:
             return
         known = self._nodes.get(client.mac)
         if known is not None and (location is None or known.location == location):
             return
-        self._pending.add(client.mac)
+        if len(self._pending) >= MAX_REGISTERING:
+            self._refuse("registrations-busy", f"{client.mac} via {via}")
+            return
+        now = time.monotonic()
+        bucket = self._buckets.get(via)
+        if bucket is None:
+            if len(self._buckets) >= 1024:  # interfaces and relays are few; bound it anyway
+                self._buckets.clear()
+            bucket = self._buckets[via] = _Bucket(now)
+        if not bucket.take(now):
+            self._refuse("registrations-rate", f"{client.mac} via {via}")
+            return
+        self._pending[client.mac] = asyncio.Event()
         task = asyncio.get_running_loop().create_task(self._record(client.mac, known, location))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -175,19 +324,24 @@ class Policy:
             elif location is not None:
                 await self._repo.set_location(known.name, location, actor=ACTOR)
                 log.info("node moved", extra=kv(node=known.name, mac=mac, location=location))
-            await self.refresh()
+            await self.refresh(force=True)
         except BootdError as exc:
             log.warning("cannot record booted machine", extra=kv(mac=mac, reason=str(exc)))
         finally:
-            self._pending.discard(mac)
+            done = self._pending.pop(mac, None)
+            if done is not None:
+                done.set()
 
     # -- keeping the directory current ----------------------------------------
 
-    async def refresh(self) -> None:
+    def _on_change(self, change: NodeChanged) -> None:
+        self._dirty.set()
+
+    async def refresh(self, *, force: bool = False) -> None:
         if self._repo is None:
             return
         stamp = await self._repo.inventory_stamp()
-        if stamp == self._stamp:
+        if stamp == self._stamp and not force:
             return
         entries = await self._repo.directory()
         self._nodes = {e.mac: e for e in entries}
@@ -209,10 +363,14 @@ class Policy:
     async def run(self) -> None:
         while True:
             try:
-                await self.refresh()
+                await self.refresh(force=self._dirty.is_set())
+                self._dirty.clear()
             except BootdError as exc:
                 log.warning("cannot refresh the node directory", extra=kv(reason=str(exc)))
-            await asyncio.sleep(REFRESH_SECONDS)
+            try:  # a committed change wakes us at once; another process's, within the poll
+                await asyncio.wait_for(self._dirty.wait(), REFRESH_SECONDS)
+            except TimeoutError:
+                pass
 
     async def close(self) -> None:
         for task in list(self._tasks):

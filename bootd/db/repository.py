@@ -67,9 +67,9 @@ class Repository:
                     await session.connection(execution_options={WRITE: True})
                 yield session
         except IntegrityError as exc:
-            raise Conflict(f"conflicts with existing inventory: {exc.orig}") from None
+            raise Conflict(f"conflicts with existing inventory: {_reason(exc)}") from None
         except SQLAlchemyError as exc:
-            raise DatabaseUnavailable(f"inventory database error: {type(exc).__name__}: {exc}") from None
+            raise DatabaseUnavailable(f"inventory database error: {_reason(exc)}") from None
 
     # -- nodes -------------------------------------------------------------
 
@@ -129,11 +129,11 @@ class Repository:
         async with self._tx(write=False) as s:
             rows = await s.execute(
                 select(t.Interface.mac, t.Node.name, t.Node.admin_ip, t.Node.location, t.Node.state,
-                       t.Node.profile)
+                       t.Node.profile, t.Node.token_sealed)
                 .join(t.Node, t.Interface.node_id == t.Node.id))
             return [DirectoryEntry(mac, name, None if ip is None else IPv4Address(ip), loc,
-                                   NodeState(state), profile)
-                    for mac, name, ip, loc, state, profile in rows]
+                                   NodeState(state), profile, sealed)
+                    for mac, name, ip, loc, state, profile, sealed in rows]
 
     async def inventory_stamp(self) -> int:
         """Changes whenever any node changes: every change appends an event in its transaction."""
@@ -189,6 +189,10 @@ class Repository:
             if node.token_sealed is None:
                 raise NotFound(f"node {node.name} has no sealed token yet (start bootd once)")
             return self._secrets.open(node.token_sealed)
+
+    def open_token(self, sealed: bytes) -> str:
+        """A token from a directory entry's sealed copy (no database access)."""
+        return self._secrets.open(sealed)
 
     def rotate_token(self, node: t.Node) -> str:
         """A new token for `node` (in its caller's transaction): the hash for
@@ -362,6 +366,63 @@ class Repository:
                 text = f"{operation}: " + (f"failed: {error}" if error else f"ok, power {power or '?'}")
                 self._event(s, node, "power", None, None, actor, text)
 
+    async def reserve_bmc(self, name: str, candidates: Sequence[str], username: str, password: str, *,
+                          actor: str) -> str | None:
+        """New BMC credentials for node `name`, pending until the node reports them
+        applied (`apply_pending_bmc`). The address: the node's recorded BMC address,
+        else the first of `candidates` that no BMC and no other reservation holds,
+        chosen and written in ONE transaction under a unique index (two nodes asking
+        at once cannot both get it). None when the node has no address and none is
+        free. A second call replaces the node's earlier reservation."""
+        sealed = self._secrets.seal(password)
+        async with self._tx(write=True) as s:
+            node = await self._load(s, name)
+            old = await s.scalar(select(t.BmcPending).where(t.BmcPending.node_id == node.id))
+            if old is not None:
+                await s.delete(old)
+                await s.flush()
+            address = node.bmc.address if node.bmc is not None and node.bmc.address != "dhcp" else None
+            if address is None and candidates:
+                taken = set(await s.scalars(select(t.Bmc.address)))
+                taken |= {a for a in await s.scalars(select(t.BmcPending.address)) if a is not None}
+                address = next((a for a in candidates if a not in taken), None)
+            s.add(t.BmcPending(node_id=node.id, address=address, username=username,
+                               password_encrypted=sealed, created_at=self._clock()))
+            self._event(s, node, "bmc-pending", None, None, actor,
+                        f"address={address or 'unchanged'} user={username}")
+            await s.flush()
+            return address
+
+    async def apply_pending_bmc(self, name: str, *, actor: str) -> BmcRecord | None:
+        """The node reported its bmc task succeeded: its pending credentials become
+        its BMC's. None when nothing was pending (the task found no BMC)."""
+        now = self._clock()
+        async with self._tx(write=True) as s:
+            node = await self._load(s, name)
+            pending = await s.scalar(select(t.BmcPending).where(t.BmcPending.node_id == node.id))
+            if pending is None:
+                return None
+            address = pending.address or (node.bmc.address if node.bmc is not None else "dhcp")
+            if node.bmc is None:
+                node.bmc = t.Bmc(address=address, username=pending.username,
+                                 password_encrypted=pending.password_encrypted, updated_at=now)
+            else:
+                node.bmc.address, node.bmc.username = address, pending.username
+                node.bmc.password_encrypted, node.bmc.updated_at = pending.password_encrypted, now
+            await s.delete(pending)
+            node.updated_at = now
+            self._event(s, node, "bmc-set", None, None, actor, f"address={address} user={pending.username}")
+            await s.flush()
+            return _node_record(node).bmc
+
+    async def drop_pending_bmc(self, name: str) -> None:
+        """The bmc task failed or found no BMC: forget the credentials it was handed."""
+        async with self._tx(write=True) as s:
+            node = await self._load(s, name)
+            pending = await s.scalar(select(t.BmcPending).where(t.BmcPending.node_id == node.id))
+            if pending is not None:
+                await s.delete(pending)
+
     async def bmc_credentials(self, name: str) -> BmcCredentials:
         async with self._tx(write=False) as s:
             node = await self._load(s, name)
@@ -432,6 +493,17 @@ class Repository:
                       from_state=None if from_state is None else from_state.value,
                       to_state=None if to_state is None else to_state.value,
                       actor=actor, message=message))
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    """The driver's reason, never SQLAlchemy's str(): that carries the statement and
+    its bound parameters (a new node's token, a sealed password) into 503 bodies,
+    logs and /healthz."""
+    orig = getattr(exc, "orig", None)
+    if orig is not None:
+        first = (str(orig).splitlines() or [""])[0].strip()
+        return f"{type(orig).__name__}: {first[:200]}" if first else type(orig).__name__
+    return type(exc).__name__
 
 
 def token_hash(token: str) -> str:

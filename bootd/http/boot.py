@@ -1,17 +1,24 @@
 """What booting machines and their installers fetch over HTTP, and the callback they post.
 
-- GET /boot/ipxe?mac=MAC (also /boot/pxelinux, /boot/grub; or ?node=NAME):
-  the boot script of the machine's current state. A MAC nobody knows is
-  recorded in discovering first, so its script carries its own token.
+Thin handlers over the policy (what a machine boots, who may see a token) and
+the lifecycle service (every node move); nothing here reads the inventory.
+
+- GET /boot/ipxe?mac=MAC (also /boot/pxelinux, /boot/grub): the boot script of
+  the machine's current state. Scripts that carry the node's token go only to
+  the peer holding bootd's lease for MAC; ?node=NAME needs the operator token.
+  A machine nobody knows gets the discovery script without a token: HTTP never
+  records machines (a PXE DHCP exchange does).
+- GET /boot/identity?mac=MAC: "node=NAME" and "token=T" lines, for the lease
+  holder only: the discovery agent's way to its new token after allocation.
 - GET /images/PATH: files under the TFTP root's images/ (kernels, initrds,
   install trees), by sendfile, with Range (installers resume).
 - GET /install/NODE/{kickstart,preseed,user-data}?token=T, and
   /install/NODE/T/{user-data,meta-data,vendor-data} (cloud-init's nocloud-net
-  seed appends the file name to a URL): the node's answer files. They carry its
-  root hash and token, so only its own token opens them.
+  seed appends the file name to a URL): the node's answer files, opened only by
+  its own token.
 - POST /api/v1/nodes/NODE/transition {"state": S} with the node's own token
   (Authorization: Bearer T, or ?token=T&state=S for installers that can only
-  fetch a URL): the node reports its progress; the lifecycle table decides.
+  fetch a URL): the node reports its progress; the lifecycle decides.
 """
 
 from __future__ import annotations
@@ -20,21 +27,21 @@ import hmac
 import json
 import logging
 from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Protocol
 
 from aiohttp import web
 
 from bootd import boot
-from bootd.boot import NodeView
 from bootd.config import Config
-from bootd.db.repository import Repository
 from bootd.errors import InvalidInput, NotFound
 from bootd.files import Missing, Refused, resolve
 from bootd.http.api import json_body
 from bootd.logs import kv
-from bootd.model.lifecycle import Actor
 from bootd.model.names import mac_address
 from bootd.model.records import NodeRecord
 from bootd.model.states import NodeState
+from bootd.policy import NotLeaseHolder, Policy
 
 log = logging.getLogger("bootd.http")
 MAX_INVENTORY = 256 * 1024
@@ -47,44 +54,63 @@ class Settings:
     config: Config
 
 
+class NodeReports(Protocol):
+    """The lifecycle service as a node's callbacks see it: the one way a node moves itself."""
+
+    async def report(self, name: str, target: NodeState, *, expect: NodeState | None = None,
+                     inventory: str | None = None, message: str = "") -> NodeRecord: ...
+
+
 SETTINGS = web.AppKey("settings", Settings)
-REPO = web.AppKey("boot-repository", Repository)
+REPORTS = web.AppKey("node-reports", NodeReports)
+POLICY = web.AppKey("policy", Policy)
 OPERATOR = web.AppKey("operator-token", str)
 
 
-def _view(node: NodeRecord, token: str, mac: str | None = None) -> NodeView:
-    return NodeView(node.name, mac or node.boot_mac or "00:00:00:00:00:00", node.state, node.profile,
-                    token, node.admin_ip)
+def peer_address(request: web.Request) -> IPv4Address | None:
+    try:
+        return IPv4Address(request.remote or "")
+    except ValueError:
+        return None
+
+
+def _is_operator(request: web.Request) -> bool:
+    return same_token(bearer(request) or "", request.app[OPERATOR])
 
 
 async def boot_script(request: web.Request) -> web.Response:
     kind = request.match_info["kind"]
-    repo, config = request.app[REPO], request.app[SETTINGS].config
+    policy = request.app[POLICY]
+    if kind == "identity":
+        return await identity(request)
     if kind not in boot.SCRIPT_TEMPLATES:
         raise NotFound(f"no boot script kind {kind!r} (one of {', '.join(boot.SCRIPT_TEMPLATES)})")
     name, mac_text = request.query.get("node"), request.query.get("mac")
+    operator = _is_operator(request)
     if name:
         # A script carries the node's token: by name, only for the operator (a machine
         # asks by its own MAC, which is what PXE identifies it by anyway).
-        if not same_token(bearer(request) or "", request.app[OPERATOR]):
+        if not operator:
             raise web.HTTPUnauthorized(reason="?node= needs the operator token; machines ask by ?mac=")
-        node = await repo.get_node(name)
-        mac = node.boot_mac
+        mac = await policy.boot_mac(name)
     elif mac_text:
         mac = mac_address(mac_text)
-        found = await repo.find_node_by_mac(mac)
-        if found is None:
-            found = (await repo.register_booted(mac, None, actor="http")
-                     or await repo.find_node_by_mac(mac))
-            if found is None:  # pragma: no cover - registered and gone in one instant
-                raise NotFound(f"machine {mac} could not be recorded")
-            log.info("new machine booted", extra=kv(mac=mac, node=found.name, via=f"{kind} script"))
-        node = found
     else:
         raise InvalidInput("give ?mac=MAC or ?node=NAME")
-    token = await repo.node_token(node.name)
-    text = boot.script(kind, _view(node, token, mac), config)
+    try:
+        text = await policy.boot_script(kind, mac, peer_address(request), operator=operator)
+    except NotLeaseHolder as exc:
+        raise web.HTTPForbidden(reason=str(exc)) from None
     return web.Response(text=text, content_type="text/plain")
+
+
+async def identity(request: web.Request) -> web.Response:
+    mac = mac_address(request.query.get("mac", ""))
+    try:
+        name, token = await request.app[POLICY].identity(mac, peer_address(request))
+    except NotLeaseHolder as exc:
+        raise web.HTTPForbidden(reason=str(exc)) from None
+    return web.Response(text=f"node={name}\ntoken={token}\n", content_type="text/plain")
 
 
 async def images(request: web.Request) -> web.StreamResponse:
@@ -109,7 +135,10 @@ def bearer(request: web.Request) -> str | None:
 
 
 def same_token(given: str, expected: str) -> bool:
-    """Constant time; header bytes that are not UTF-8 are simply a wrong token."""
+    """Constant time; header bytes that are not UTF-8 are simply a wrong token. An
+    empty expected token never matches (the daemon refuses to start with one)."""
+    if not expected:
+        return False
     return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
 
 
@@ -120,29 +149,27 @@ def node_token_from(request: web.Request) -> str:
 
 
 async def own_node(request: web.Request, name: str, token: str) -> NodeRecord:
-    repo = request.app[REPO]
-    if not token or not await repo.verify_token(name, token):
+    node = await request.app[POLICY].own_node(name, token)
+    if node is None:
         log.info("node callback refused", extra=kv(peer=request.remote, node=name,
                                                    reason="missing or wrong node token"))
         raise web.HTTPForbidden(reason=f"missing or wrong token for node {name}")
-    return await repo.get_node(name)
+    return node
 
 
 async def install_file(request: web.Request) -> web.Response:
     name, kind = request.match_info["node"], request.match_info["kind"]
     token = request.match_info.get("token") or request.query.get("token", "")
     node = await own_node(request, name, token)
-    config = request.app[SETTINGS].config
-    if kind == "meta-data":
-        text = f"instance-id: {node.name}-{int(node.state_changed_at.timestamp())}\n" \
-               f"local-hostname: {node.name}\n"
-    elif kind == "vendor-data":
-        text = "#cloud-config\n{}\n"
-    elif kind in boot.ANSWER_KINDS:
-        text = boot.answer(kind, _view(node, token), config)
-    else:
-        raise NotFound(f"no install file {kind!r}")
+    text = request.app[POLICY].answer(kind, node, token)
     return web.Response(text=text, content_type="text/plain")
+
+
+def _state(text: object, what: str) -> NodeState:
+    try:
+        return NodeState(str(text))
+    except ValueError:
+        raise InvalidInput(f"{text!r} is not a node state ({what})") from None
 
 
 async def transition(request: web.Request) -> web.Response:
@@ -153,10 +180,7 @@ async def transition(request: web.Request) -> web.Response:
     state_text = body.get("state", request.query.get("state"))
     if not isinstance(state_text, str):
         raise InvalidInput('give {"state": "..."} or ?state=')
-    try:
-        target = NodeState(state_text)
-    except ValueError:
-        raise InvalidInput(f"{state_text!r} is not a node state") from None
+    target = _state(state_text, "state")
     message = body.get("message", "")
     if not isinstance(message, str):
         raise InvalidInput("message must be a string")
@@ -168,16 +192,9 @@ async def transition(request: web.Request) -> web.Response:
         inventory_text = json.dumps(inventory, sort_keys=True)
         if len(inventory_text) > MAX_INVENTORY:
             raise InvalidInput(f"inventory larger than {MAX_INVENTORY} bytes")
-    expect_text = body.get("from")
-    expect = None
-    if expect_text is not None:
-        try:
-            expect = NodeState(str(expect_text))
-        except ValueError:
-            raise InvalidInput(f"{expect_text!r} is not a node state") from None
-    record = await request.app[REPO].transition(
-        node.name, target, Actor.NODE, actor=f"node:{node.name}", message=message, expect=expect,
-        inventory=inventory_text)
+    expect = None if body.get("from") is None else _state(body["from"], "from")
+    record = await request.app[REPORTS].report(
+        node.name, target, expect=expect, inventory=inventory_text, message=message)
     log.info("node moved", extra=kv(node=record.name, state=record.state.value, by="node"))
     return web.json_response({
         "name": record.name, "state": record.state.value, "allocated": record.allocated,

@@ -21,9 +21,14 @@ from bootd.config import Config
 from bootd.db.repository import Repository
 from bootd.errors import BootdError, Conflict, DatabaseUnavailable, InvalidInput, NotFound
 from bootd.http import agent, api, boot
-from bootd.http.boot import bearer, same_token
+from bootd.http.boot import NodeReports, bearer, same_token
 from bootd.logs import kv
+from bootd.model.lifecycle import Actor
+from bootd.model.records import NodeRecord
+from bootd.model.states import NodeState
+from bootd.policy import Policy
 from bootd.service import BindError
+from bootd.tasks import Tasks
 
 log = logging.getLogger("bootd.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -80,13 +85,33 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     return await handler(request)
 
 
-def build_app(repo: Repository, api_token: str, config: Config,
-              power: PowerService | None = None) -> web.Application:
+class _RepoReports:
+    """Interim: node reports straight to the repository, until the lifecycle service lands."""
+
+    def __init__(self, repo: Repository) -> None:
+        self._repo = repo
+
+    async def report(self, name: str, target: NodeState, *, expect: NodeState | None = None,
+                     inventory: str | None = None, message: str = "") -> NodeRecord:
+        return await self._repo.transition(name, target, Actor.NODE, actor=f"node:{name}", message=message,
+                                           expect=expect, inventory=inventory)
+
+
+def build_app(repo: Repository, api_token: str, config: Config, power: PowerService | None = None, *,
+              policy: Policy | None = None, reports: NodeReports | None = None,
+              tasks: Tasks | None = None) -> web.Application:
+    """The application; what is not given is made over `repo` (tests, and the daemon
+    when it has nothing to share)."""
+    policy = policy if policy is not None else Policy(config, repo)
+    reports = reports if reports is not None else _RepoReports(repo)
+    tasks = tasks if tasks is not None else Tasks(config, repo)
     app = web.Application(middlewares=[errors, auth], client_max_size=1024**2)
     app[api.REPO] = repo
     if power is not None:
         app[api.POWER] = power
-    app[boot.REPO] = repo
+    app[boot.POLICY] = policy
+    app[boot.REPORTS] = reports
+    app[agent.TASKS] = tasks
     app[boot.SETTINGS] = boot.Settings(config)
     app[boot.OPERATOR] = api_token
     app[TOKEN] = api_token
@@ -100,10 +125,10 @@ def build_app(repo: Repository, api_token: str, config: Config,
 class HttpService:
     name = "http"
 
-    def __init__(self, config: Config, repo: Repository, api_token: str,
-                 power: PowerService | None = None) -> None:
+    def __init__(self, config: Config, repo: Repository, api_token: str, *, policy: Policy,
+                 tasks: Tasks, reports: NodeReports | None = None, power: PowerService | None = None) -> None:
         self._host, self._port = config.http.host, config.http.port
-        self._app = build_app(repo, api_token, config, power)
+        self._app = build_app(repo, api_token, config, power, policy=policy, reports=reports, tasks=tasks)
         self._runner = web.AppRunner(self._app, access_log=None)
         self._site: web.TCPSite | None = None
 

@@ -82,6 +82,12 @@ class DirectoryEntry:
     location: str | None
     state: NodeState = NodeState.DISCOVERING
     profile: str | None = None
+    # The node's token encrypted under the state directory's key: only the policy,
+    # which holds the key, opens it, and only for the node's own lease holder.
+    token_sealed: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"DirectoryEntry({self.mac}, {self.name}, {self.state.value})"
 
 
 @dataclass(frozen=True)
