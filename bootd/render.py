@@ -1,15 +1,16 @@
 """Rendering boot configs and answer files: pure functions over Jinja2 with StrictUndefined.
 
 A missing variable is an error at render time, never an empty string in a
-kernel command line. Boot templates live in templates/; answer files in
-kickstart/ and preseed/ (looked up relative to the repository top, so a
-profile names its template as "kickstart/rocky-9.ks.j2").
+kernel command line. Templates ship inside the package (bootd/templates/) and
+are read with importlib.resources, so a wheel install finds them as a checkout
+does: boot scripts at the top (ipxe.j2, pxelinux.cfg.j2, grub.cfg.j2), answer
+files under kickstart/ and preseed/, so a profile names its template as
+"kickstart/rocky-9.ks.j2".
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import jinja2
 
@@ -19,8 +20,9 @@ from bootd.errors import BootdError, InvalidInput
 class RenderError(BootdError):
     """A template failed: missing, broken, or asking for a variable nobody gave it."""
 
-TOP = Path(__file__).resolve().parent.parent
-TEMPLATES = TOP / "templates"
+# Package data, found through importlib.resources (PackageLoader), never
+# through Path(__file__): a wheel or zip install has no repository around it.
+PACKAGE, TEMPLATES = "bootd", "templates"
 
 
 def _grub_quote(arg: str) -> str:
@@ -30,7 +32,7 @@ def _grub_quote(arg: str) -> str:
     return "'" + arg.replace("'", "'\\''") + "'"
 
 
-_env = jinja2.Environment(loader=jinja2.FileSystemLoader([TEMPLATES, TOP]),
+_env = jinja2.Environment(loader=jinja2.PackageLoader(PACKAGE, TEMPLATES),
                           undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                           trim_blocks=True, lstrip_blocks=True,
                           autoescape=False)  # noqa: S701 - boot configs, not HTML
@@ -62,7 +64,7 @@ def render(template: str, **context: object) -> str:
     try:
         return _env.get_template(template).render(**context)
     except jinja2.TemplateNotFound as exc:
-        raise RenderError(f"template {exc.name!r} not found under {TEMPLATES} or {TOP}") from None
+        raise RenderError(f"template {exc.name!r} not found in {PACKAGE}/{TEMPLATES}") from None
     except jinja2.TemplateError as exc:
         raise RenderError(f"template {template!r}: {type(exc).__name__}: {exc}") from None
 
@@ -72,6 +74,6 @@ def check(template: str) -> None:
     try:
         _env.get_template(template)
     except jinja2.TemplateNotFound:
-        raise InvalidInput(f"template {template!r} not found under {TEMPLATES} or {TOP}") from None
+        raise InvalidInput(f"template {template!r} not found in {PACKAGE}/{TEMPLATES}") from None
     except jinja2.TemplateSyntaxError as exc:
         raise InvalidInput(f"template {template!r} line {exc.lineno}: {exc.message}") from None

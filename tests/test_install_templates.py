@@ -26,7 +26,6 @@ import jinja2.nodes
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 KSVALIDATOR = BIN / "ksvalidator"
 DEBCONF_SET_SELECTIONS = "/usr/bin/debconf-set-selections"
@@ -56,7 +55,7 @@ echo done \\
   continued >/dev/null
 """
 
-ENV = jinja2.Environment(loader=jinja2.FileSystemLoader([REPO / "templates", REPO]),
+ENV = jinja2.Environment(loader=jinja2.PackageLoader("bootd", "templates"),
                          undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                          keep_trailing_newline=True, autoescape=False)
 

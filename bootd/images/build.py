@@ -4,7 +4,8 @@ Kernel: the Debian kernel linux-image-amd64 points at. Userland: busybox-static,
 ipmitool, dmidecode and ethtool with exactly the shared libraries they load
 (found with ldd against the unpacked packages), the NIC, disk and IPMI modules a
 server needs (with everything they depend on, read from each module's
-.modinfo), and bootd's agent as /init (images/agent.sh). Packages are fetched
+.modinfo), and bootd's agent as /init (bootd/images/agent.sh, package data read
+with importlib.resources, so a wheel install builds the same image). Packages are fetched
 with `apt-get download` into a cache and unpacked with dpkg-deb, never
 installed. The initramfs is written reproducibly (bootd.images.cpio).
 """
@@ -19,14 +20,14 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from bootd.errors import BootdError
 from bootd.images.cpio import archive
 
 log = logging.getLogger("bootd.images")
-TOP = Path(__file__).resolve().parent.parent.parent
-AGENT = TOP / "images" / "agent.sh"
+AGENT = "agent.sh"  # package data of bootd.images
 TOOLS = {"ipmitool": "usr/bin/ipmitool", "dmidecode": "usr/sbin/dmidecode", "ethtool": "sbin/ethtool"}
 # Shared-library packages the tools need (Debian 12 names); ldd picks the files.
 LIBRARIES = ["libc6", "libreadline8", "libtinfo6", "libssl3", "libfreeipmi17", "libgcrypt20",
@@ -45,6 +46,14 @@ DEVICES = {"dev/console": (0o600, 5, 1), "dev/null": (0o666, 1, 3), "dev/tty": (
 
 class BuildError(BootdError):
     pass
+
+
+def agent_script() -> bytes:
+    """The discovery agent (/init of the image), from the installed package."""
+    try:
+        return resources.files("bootd.images").joinpath(AGENT).read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        raise BuildError(f"the agent {AGENT} is missing from the bootd.images package") from None
 
 
 @dataclass(frozen=True)
@@ -181,8 +190,7 @@ def build_discovery(output: Path, cache: Path) -> Result:
     vmlinuz = kroot / "boot" / f"vmlinuz-{version}"
     if not vmlinuz.exists():
         raise BuildError(f"{kpkg} holds no boot/vmlinuz-{version}")
-    if not AGENT.exists():
-        raise BuildError(f"the agent {AGENT} is missing")
+    agent = agent_script()
     with tempfile.TemporaryDirectory(prefix="bootd-image-") as tmp:
         root = Path(tmp) / "root"
         for d in ("bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "etc",
@@ -211,7 +219,7 @@ def build_discovery(output: Path, cache: Path) -> Result:
             copy_binary(src, root, f"usr/bin/{tool}", lib_dirs)
         modules = copy_modules(kroot, version, root, MODULES)
         init = root / "init"
-        shutil.copy2(AGENT, init)
+        init.write_bytes(agent)
         init.chmod(0o755)
         (root / "etc" / "bootd-image").write_text(f"kernel={version}\nmodules={' '.join(modules)}\n")
         image = archive(root, mtime=0, devices=DEVICES)
