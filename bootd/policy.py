@@ -26,6 +26,7 @@ per interface, so a spoofed-MAC flood costs a bounded amount of work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -105,7 +106,8 @@ class Policy:
 
     name = "policy"
 
-    def __init__(self, config: Config, repo: Repository | None = None, feed: ChangeFeed | None = None) -> None:
+    def __init__(self, config: Config, repo: Repository | None = None,
+                 feed: ChangeFeed | None = None) -> None:
         self.config = config
         self._repo = repo
         self._nodes: dict[str, DirectoryEntry] = {}
@@ -230,10 +232,8 @@ class Policy:
         this machine's own DHCP exchange started a moment ago."""
         pending = self._pending.get(mac)
         if mac not in self._nodes and pending is not None:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(pending.wait(), REGISTER_WAIT)
-            except TimeoutError:
-                pass
         return self.script(kind, mac, peer, operator=operator)
 
     async def identity(self, mac: str, peer: IPv4Address | None) -> tuple[str, str]:
@@ -367,10 +367,9 @@ class Policy:
                 self._dirty.clear()
             except BootdError as exc:
                 log.warning("cannot refresh the node directory", extra=kv(reason=str(exc)))
-            try:  # a committed change wakes us at once; another process's, within the poll
+            # A committed change wakes us at once; another process's, within the poll.
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), REFRESH_SECONDS)
-            except TimeoutError:
-                pass
 
     async def close(self) -> None:
         for task in list(self._tasks):
