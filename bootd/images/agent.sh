@@ -77,10 +77,25 @@ EOF
 # Retries with backoff (1, 2, 4 .. 30 s) while bootd is unreachable; a 4xx/5xx
 # answer is returned as failure at once (busybox wget exits 1 for both, so an
 # unreachable server is told apart by a failing connect first).
+# Allocation, reset and reinstall rotate the node's token (and allocation may
+# rename it): the lease holder, this machine, learns both from /boot/identity.
+# Kept in a file, since api() often runs in a command substitution's subshell.
+reidentify() {
+  mac=$(echo "$BOOTIF" | sed 's/^01-//; s/-/:/g' | tr 'A-F' 'a-f')
+  id=$(timeout 30 wget -q -O - "$URL/boot/identity?mac=$mac" 2>/dev/null) || return 1
+  t=$(printf '%s\n' "$id" | sed -n 's/^token=//p')
+  n=$(printf '%s\n' "$id" | sed -n 's/^node=//p')
+  [ -n "$t" ] && [ -n "$n" ] && [ "$t" != "$TOKEN" ] || return 1
+  printf 'TOKEN=%s\n' "$t" > /tmp/identity
+  TOKEN=$t
+  log "new token from bootd (node $n)"
+}
+
 api() {
   method=$1 path=$2 body=$3 ctype=${4:-application/json} extra=$5
   url="$URL$path"
-  waited=0 delay=1
+  waited=0 delay=1 fresh=
+  [ -f /tmp/identity ] && . /tmp/identity
   while :; do
     set -- -q -O - --header "Authorization: Bearer $TOKEN"
     [ -n "$extra" ] && set -- "$@" --header "$extra"
@@ -93,6 +108,9 @@ api() {
       return 0
     fi
     if grep -q "server returned error" /tmp/wget.err; then
+      if [ -z "$fresh" ] && grep -q "403" /tmp/wget.err && reidentify; then
+        fresh=1; continue  # once: the old token was rotated; try again with the new one
+      fi
       log "$method $path: $(cat /tmp/wget.err)"
       return 1
     fi
