@@ -4,6 +4,13 @@ rest, and the operator API token.
 Both are created on first use with mode 0600 by an exclusive create (O_EXCL),
 so two processes starting together (daemon and CLI) end with one file, and a
 half-written file is never read: the content goes to a temporary name first.
+
+An operator may write the API token file themselves, so what is read is checked:
+an empty or whitespace file would be an empty token, and an empty token would
+open the whole API; a short one can be guessed. The daemon refuses to start
+with a token under MIN_API_TOKEN characters (ours are 43: 32 random bytes,
+base64url), or with characters a Bearer header cannot carry (RFC 6750 section
+2.1: b64token, here any visible ASCII).
 """
 
 from __future__ import annotations
@@ -71,8 +78,21 @@ class SecretBox:
             raise SecretError("a stored secret does not decrypt with this key") from None
 
 
+MIN_API_TOKEN = 32
+
+
 def api_token(path: Path) -> str:
-    return read_or_create(path, secrets.token_urlsafe(32).encode()).decode()
+    """The operator token from `path`, created if missing; SecretError if it is unusable."""
+    raw = read_or_create(path, secrets.token_urlsafe(32).encode())
+    if not all(0x21 <= b <= 0x7E for b in raw):
+        raise SecretError(f"the API token in {path} holds spaces, control or non-ASCII characters; "
+                          f"write at least {MIN_API_TOKEN} visible ASCII characters, "
+                          "or delete the file and a new token is made")
+    if len(raw) < MIN_API_TOKEN:
+        what = "is empty" if not raw else f"has {len(raw)} characters"
+        raise SecretError(f"the API token in {path} {what}; at least {MIN_API_TOKEN} are needed "
+                          "(delete the file and a new token is made)")
+    return raw.decode("ascii")
 
 
 def new_node_token() -> str:
