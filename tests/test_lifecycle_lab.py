@@ -89,6 +89,16 @@ def test_a_machine_walks_from_first_boot_to_ready(lab: Lab, tmp_path: Path) -> N
         name = "r1-n01"
         code, script = curl(node_host, url)
         assert "bootd.state=hardware-installing" in script
+        # Allocation rotated the token: the old one moves nothing, the script has the new one.
+        old = token
+        token = re.search(r"bootd\.token=(\S+)", script).group(1)  # type: ignore[union-attr]
+        assert token != old
+        code, body = curl(node_host, "-X", "POST", f"{BASE}/api/v1/nodes/{name}/transition?token={old}"
+                          "&state=hardware-installed")
+        assert code == 403, body
+        code, ident = curl(node_host, f"{BASE}/boot/identity?mac={mac}")  # the agent's way to it
+        assert (code, ident) == (200, f"node={name}\ntoken={token}\n")
+        me = ["-H", f"Authorization: Bearer {token}", "-H", "Content-Type: application/json"]
 
         # 5. Hardware install done; the next boot is the OS installer with its kickstart.
         post_state("hardware-installed")
