@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address
@@ -13,8 +14,17 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bootd.db.engine import create_engine, current_revision, head_revision, migrate, open_database
+from bootd.db.engine import (
+    MigrationBroke,
+    create_engine,
+    current_revision,
+    downgrade,
+    head_revision,
+    migrate,
+    open_database,
+)
 from bootd.db.repository import Repository
 from bootd.db.schema import Base
 from bootd.errors import Conflict, DatabaseUnavailable, InvalidInput, NotFound
@@ -215,3 +225,74 @@ async def test_lease_round_trip(repo: Repository) -> None:
 
 async def test_ping(repo: Repository) -> None:
     await repo.ping()
+
+
+# -- migrations and foreign keys (issue 11, 3.9) ------------------------------------
+
+async def _child_rows(engine: AsyncEngine) -> dict[str, int]:
+    async with engine.connect() as conn:
+        counts = {}
+        for table in ("interfaces", "bmcs"):
+            counts[table] = (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
+        counts["events with node"] = (await conn.execute(
+            text("SELECT count(*) FROM events WHERE node_id IS NOT NULL"))).scalar_one()
+        return counts
+
+
+async def test_downgrade_and_upgrade_keep_interfaces_and_bmcs(db_url: str, tmp_path: Path) -> None:
+    """Batch migrations rebuild `nodes` by copy, drop and rename: with foreign keys on,
+    the drop cascaded to every interface and BMC (seen on 0002 -> 0001)."""
+    secrets = SecretBox.from_file(tmp_path / "key")
+    engine = await open_database(db_url)
+    try:
+        repo = Repository(engine, secrets)
+        for i in range(3):
+            await repo.add_node(NewNode(f"n{i}", (f"52:54:00:aa:00:{i:02x}", f"52:54:00:bb:00:{i:02x}")),
+                                actor="test")
+            await repo.set_bmc(f"n{i}", f"198.18.0.{200 + i}", "admin", "secret", actor="test")
+        before = await _child_rows(engine)
+        assert before["interfaces"] == 6 and before["bmcs"] == 3 and before["events with node"] >= 6
+        await downgrade(engine, "0001")
+        assert await current_revision(engine) == "0001"
+        assert await _child_rows(engine) == before
+        await migrate(engine)
+        assert await current_revision(engine) == head_revision()
+        assert await _child_rows(engine) == before
+        node = await Repository(engine, secrets).get_node("n1")
+        assert node.boot_mac == "52:54:00:aa:00:01"
+    finally:
+        await engine.dispose()
+
+
+async def test_foreign_keys_are_on_again_after_migrating(tmp_path: Path) -> None:
+    """The migration connection goes back to the pool: the daemon's sessions need
+    ON DELETE CASCADE, so the pragma is restored."""
+    engine = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'bootd.db'}")
+    try:
+        await downgrade(engine, "0001")
+        await migrate(engine)
+        async with engine.connect() as conn:
+            assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar_one() == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_migration_leaving_orphans_is_rolled_back(tmp_path: Path) -> None:
+    """foreign_key_check after a migration: orphans fail the start loudly, and the
+    schema stays where it was."""
+    path = tmp_path / "bootd.db"
+    engine = await open_database(f"sqlite+aiosqlite:///{path}")
+    try:
+        await downgrade(engine, "0001")
+    finally:
+        await engine.dispose()
+    with sqlite3.connect(path) as raw:  # an orphan, as a cascade-less copy would leave
+        raw.execute("PRAGMA foreign_keys=OFF")
+        raw.execute("INSERT INTO interfaces (node_id, mac, is_boot) VALUES (4242, '52:54:00:cc:00:01', 1)")
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        with pytest.raises(MigrationBroke, match=r"foreign_key_check.*1 in interfaces"):
+            await migrate(engine)
+        assert await current_revision(engine) == "0001"
+    finally:
+        await engine.dispose()

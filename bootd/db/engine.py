@@ -9,10 +9,20 @@ waiting out busy_timeout, when another process (the CLI) holds the write lock.
 
 Migrations (Alembic) are applied every time the database is opened, under a
 lock on PostgreSQL so that several admin nodes starting together do not race.
+On SQLite they run with foreign keys off: a batch migration rebuilds a table by
+copy, drop and rename, and dropping `nodes` with foreign keys on deletes every
+interface and BMC by ON DELETE CASCADE (seen on 0002 -> 0001). SQLite ignores
+the pragma inside a transaction, so it is set on the connection before BEGIN
+and restored after; `PRAGMA foreign_key_check` runs before the commit, and a
+migration that left orphans is rolled back (SQLite's DDL is transactional), as
+SQLite's own procedure for schema changes prescribes (lang_altertable.html,
+section 7). PostgreSQL alters tables in place and keeps checking its keys.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +37,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bootd.errors import DatabaseUnavailable
 
-MIGRATIONS = Path(__file__).with_name("migrations")
+MIGRATIONS = "migrations"  # package data of bootd.db, found with importlib.resources
 WRITE = "bootd_write"  # execution option: this connection will write
 _PG_MIGRATION_LOCK = 0x626F6F7464  # "bootd"; any constant shared by all admin nodes
+
+
+class MigrationBroke(DatabaseUnavailable):
+    """A migration would have committed rows that reference missing parents."""
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -70,15 +84,51 @@ def _sqlite_events(engine: AsyncEngine) -> None:
 
 def _alembic_config(conn: Connection) -> AlembicConfig:
     cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+    # Alembic wants a directory on disk; bootd is installed unzipped (wheel), so
+    # the package's resources are one.
+    cfg.set_main_option("script_location", str(resources.files("bootd.db").joinpath(MIGRATIONS)))
     cfg.attributes["connection"] = conn
     return cfg
 
 
-def _upgrade(conn: Connection) -> None:
+def _lock(conn: Connection) -> None:
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+
+
+def _upgrade(conn: Connection) -> None:
+    _lock(conn)
     command.upgrade(_alembic_config(conn), "head")
+
+
+def _downgrade(conn: Connection, revision: str) -> None:
+    _lock(conn)
+    command.downgrade(_alembic_config(conn), revision)
+
+
+def _sqlite_foreign_keys(conn: Connection, on: bool) -> None:
+    """Outside any transaction (SQLite ignores the pragma inside one): straight on the
+    DB-API connection, so that SQLAlchemy does not begin one to execute it."""
+    if conn.dialect.name != "sqlite":
+        return
+    assert not conn.in_transaction()
+    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cur.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+    finally:
+        cur.close()
+
+
+def _check_foreign_keys(conn: Connection) -> None:
+    """Orphans a migration left behind: fail (and roll back) rather than commit them."""
+    rows = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if rows:
+        counts: dict[str, int] = {}
+        for table, *_ in rows:
+            counts[table] = counts.get(table, 0) + 1
+        found = ", ".join(f"{n} in {t}" for t, n in sorted(counts.items()))
+        raise MigrationBroke(f"foreign_key_check after the migration: rows whose parent is gone ({found}); "
+                             "rolled back")
 
 
 def _current(conn: Connection) -> str | None:
@@ -94,11 +144,36 @@ def head_revision() -> str:
 
 async def migrate(engine: AsyncEngine) -> None:
     """Bring the schema to the newest revision; a no-op when it is there."""
+    await _migrating(engine, _upgrade)
+
+
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    """Take the schema back to `revision`, for an operator rolling back a release
+    (and the tests that check a round trip keeps the data)."""
+    await _migrating(engine, lambda conn: _downgrade(conn, revision))
+
+
+async def _migrating(engine: AsyncEngine, step: Callable[[Connection], None]) -> None:
     try:
         async with engine.connect() as conn:
             conn = await conn.execution_options(**{WRITE: True})
-            async with conn.begin():
-                await conn.run_sync(_upgrade)
+            await conn.run_sync(_sqlite_foreign_keys, False)
+            try:
+                async with conn.begin():
+                    sqlite = conn.dialect.name == "sqlite"
+                    before = await conn.run_sync(_current) if sqlite else None
+                    await conn.run_sync(step)
+                    # Only after a real change: the check reads every child table
+                    # (events grow without bound), and most starts migrate nothing.
+                    if sqlite and await conn.run_sync(_current) != before:
+                        await conn.run_sync(_check_foreign_keys)
+            finally:
+                # The connection goes back to the pool: the daemon's sessions rely on
+                # foreign keys (ON DELETE CASCADE of a node's interfaces and BMC).
+                if not conn.closed and not conn.invalidated:
+                    await conn.run_sync(_sqlite_foreign_keys, True)
+    except MigrationBroke:
+        raise
     except (SQLAlchemyError, OSError) as exc:
         raise DatabaseUnavailable(f"cannot open or migrate the database: {_reason(exc)}") from None
 
