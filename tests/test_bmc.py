@@ -18,7 +18,7 @@ from ipmi_sim import IpmiSim
 
 from bootd.bmc.controller import BmcError, ErrorKind, IpmiController, Outcome, PowerOp
 from bootd.bmc.service import PowerService
-from bootd.bmc.throttle import Throttle
+from bootd.bmc.throttle import KeyedLocks, Throttle
 from bootd.cli import main
 from bootd.config import Config, parse_config
 from bootd.db.engine import open_database
@@ -280,3 +280,94 @@ async def test_one_broken_node_never_hides_the_others(repo: Repository, tmp_path
     first, second = await power.run(PowerOp.STATUS, ["p1", "p2"], actor="test")
     assert (first.ok, first.kind) == (False, "error") and "Too many open files" in (first.error or "")
     assert second.ok and calls == ["status"]
+
+
+# -- bounded state (issue 11, 3.12) ----------------------------------------------------
+
+async def test_power_on_record_stays_bounded() -> None:
+    """A daemon running for months: power_on_times keeps the last minute, not every power-on."""
+    now = [0.0]
+
+    async def no_sleep(seconds: float) -> None:
+        now[0] += seconds  # the fake clock moves by exactly the wait asked for
+
+    throttle = Throttle(max_sessions=4, power_on_rate=10.0, clock=lambda: now[0], sleep=no_sleep)
+    for _ in range(5000):  # 500 s of power-ons at 10 per second
+        async with throttle.session(powers_on=True):
+            pass
+    assert throttle.admitted == 5000
+    recent = throttle.power_on_times
+    assert 590 <= len(recent) <= 601  # 60 s at 10 per second
+    assert recent[-1] == pytest.approx(499.9) and recent[0] >= now[0] - 60
+
+
+async def test_power_on_record_bounded_when_requests_queue() -> None:
+    """Thousands of power-ons queued at once (a whole site): the record is capped too."""
+    throttle = Throttle(max_sessions=4, power_on_rate=1.0, clock=lambda: 0.0,
+                        sleep=lambda s: asyncio.sleep(0))
+
+    async def one() -> None:
+        async with throttle.session(powers_on=True):
+            pass
+    await asyncio.gather(*(one() for _ in range(10_000)))
+    assert throttle.admitted == 10_000 and len(throttle.power_on_times) <= 4096
+
+
+class Overlap:
+    """Counts operations in flight per BMC address; each waits for the gate."""
+
+    def __init__(self, address: str, seen: dict[str, int], peak: dict[str, int], gate: asyncio.Event) -> None:
+        self.address, self.seen, self.peak, self.gate = address, seen, peak, gate
+
+    async def run(self, op: PowerOp) -> Outcome:
+        self.seen[self.address] = self.seen.get(self.address, 0) + 1
+        self.peak[self.address] = max(self.peak.get(self.address, 0), self.seen[self.address])
+        await self.gate.wait()
+        self.seen[self.address] -= 1
+        return Outcome("on")
+
+
+async def test_one_operation_at_a_time_per_bmc_and_no_locks_left(repo: Repository, tmp_path: Path) -> None:
+    seen: dict[str, int] = {}
+    peak: dict[str, int] = {}
+    gate = asyncio.Event()
+    power = PowerService(config_for(tmp_path), repo,
+                         factory=lambda address, *rest: Overlap(address, seen, peak, gate))
+    # Two nodes behind one BMC (a chassis manager) and 40 with their own.
+    for i in range(42):
+        await repo.add_node(NewNode(f"k{i}", (f"52:54:00:00:07:{i:02x}",)), actor="t")
+        address = "10.0.1.1:623" if i < 2 else f"10.0.1.{i}"
+        await repo.set_bmc(f"k{i}", address, "u", "p", actor="t")
+    task = asyncio.ensure_future(power.run(PowerOp.STATUS, [f"k{i}" for i in range(42)], actor="test"))
+    for _ in range(1000):  # bounded wait until every BMC with its own address is busy
+        if sum(seen.values()) >= 16:  # max_sessions: the throttle's limit
+            break
+        await asyncio.sleep(0.01)
+    assert len(power.locks) >= 16
+    gate.set()
+    results = await task
+    assert all(r.ok for r in results)
+    assert peak["10.0.1.1:623"] == 1  # the shared BMC never ran two at once
+    assert len(power.locks) == 0  # nothing kept for BMCs nobody is using
+    import bootd.bmc.controller as controller
+    assert not [n for n, v in vars(controller).items() if isinstance(v, dict) and not n.startswith("__")]
+
+
+async def test_cancelled_waiter_leaves_no_lock() -> None:
+    locks: KeyedLocks[str] = KeyedLocks()
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with locks.hold("bmc"):
+            await release.wait()
+    holder = asyncio.ensure_future(hold())
+    waiter = asyncio.ensure_future(hold())
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert len(locks) == 1
+    release.set()
+    await holder
+    assert len(locks) == 0

@@ -8,7 +8,9 @@ Command for the same BMC waited forever against ipmi_sim; after a BMC stopped
 answering, every later call failed with "Session no longer connected"), and a
 thread stuck in it cannot be stopped. A process gives each operation a clean
 pyghmi, real parallelism across BMCs, and a timeout that kills. The event loop
-never waits on a BMC; one operation at a time per BMC.
+never waits on a BMC. One operation at a time per BMC is the caller's rule
+(PowerService holds a lock per BMC address, see throttle.KeyedLocks), so this
+module keeps no state between operations.
 Failures become BmcError with a kind an operator can act on:
 unreachable, auth (wrong user/password), timeout (answered, then stopped),
 error (the BMC refused the command).
@@ -29,7 +31,6 @@ from bootd.errors import BootdError
 IPMI_PORT = 623
 SWITCH_WAIT = 60.0  # seconds a power change may take to show
 OPERATION_LIMIT = SWITCH_WAIT * 2 + 30  # a whole operation (a cycle switches twice)
-_LOCKS: dict[tuple[str, int], asyncio.Lock] = {}
 
 
 class PowerOp(enum.StrEnum):
@@ -101,11 +102,6 @@ class IpmiController:
         return f"IpmiController({self.host}:{self.port}, user={self.user!r})"
 
     async def run(self, op: PowerOp) -> Outcome:
-        lock = _LOCKS.setdefault((self.host, self.port), asyncio.Lock())
-        async with lock:
-            return await self._spawn(op)
-
-    async def _spawn(self, op: PowerOp) -> Outcome:
         request = json.dumps({"host": self.host, "port": self.port, "user": self.user,
                               "password": self._password, "op": op.value,
                               "cycle_pause": self.cycle_pause}).encode()

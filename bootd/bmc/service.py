@@ -1,7 +1,9 @@
 """Power operations on many nodes: credentials from the inventory, limits from the throttle.
 
 One PowerService per process (daemon or CLI). Each node's operation runs with
-its own BMC credentials (decrypted only here, never logged), through the
+its own BMC credentials (decrypted only here, never logged), one at a time per
+BMC address (two nodes may share a BMC, or an operator may repeat a command; a
+BMC's tiny CPU and pyghmi's sessions handle one at a time), through the
 throttle, and its outcome (reachable, power state, last error) is written to
 the node's BMC record; results come back per node, so one dead BMC does not
 hide the others.
@@ -14,8 +16,15 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from bootd.bmc.controller import BmcError, ErrorKind, IpmiController, PowerController, PowerOp
-from bootd.bmc.throttle import Throttle
+from bootd.bmc.controller import (
+    BmcError,
+    ErrorKind,
+    IpmiController,
+    PowerController,
+    PowerOp,
+    parse_address,
+)
+from bootd.bmc.throttle import KeyedLocks, Throttle
 from bootd.config import Config
 from bootd.db.repository import Repository
 from bootd.errors import BootdError, NotFound
@@ -46,6 +55,7 @@ class PowerService:
                  throttle: Throttle | None = None) -> None:
         self.config, self._repo, self._factory = config, repo, factory
         self.throttle = throttle or Throttle(config.bmc.max_sessions, config.bmc.power_on_rate)
+        self.locks: KeyedLocks[tuple[str, int]] = KeyedLocks()
 
     async def run(self, op: PowerOp, names: Sequence[str], *, actor: str) -> list[Result]:
         return list(await asyncio.gather(*(self.one(op, n, actor=actor) for n in names)))
@@ -70,7 +80,10 @@ class PowerService:
                           kind="no-bmc")
         controller = self._factory(creds.address, creds.username, creds.password, self.config)
         try:
-            async with self.throttle.session(powers_on=op in POWERS_ON):
+            # The BMC's lock before a session slot: queued operations on one BMC
+            # must not hold slots that operations on other BMCs could use.
+            async with self.locks.hold(parse_address(creds.address)), \
+                    self.throttle.session(powers_on=op in POWERS_ON):
                 outcome = await controller.run(op)
         except BmcError as exc:
             reachable = exc.kind in (ErrorKind.AUTH, ErrorKind.ERROR)
