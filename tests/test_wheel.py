@@ -114,7 +114,8 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                           "--no-deps", "--no-index", str(wheel)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     site = _site_packages(python)
-    (site / "zz-bootd-test-deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    borrowed = dict.fromkeys((sysconfig.get_path("purelib"), sysconfig.get_path("platlib")))
+    (site / "zz-bootd-test-deps.pth").write_text("".join(f"{p}\n" for p in borrowed))
     return python
 
 
