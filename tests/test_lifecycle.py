@@ -21,10 +21,13 @@ from bootd.config import Config, parse_config
 from bootd.db.engine import open_database
 from bootd.db.repository import Repository
 from bootd.errors import Conflict, InvalidInput
+from bootd.http.boot import POLICY
 from bootd.http.server import build_app
 from bootd.keys import SecretBox
+from bootd.tasks import APPLIED
 from bootd.lifecycle import LifecycleService, overdue
-from bootd.model.lifecycle import BOOT, DEFAULT_TIMEOUTS, TRANSITIONS, Actor, Boot, allowed
+from bootd.model.events import Timeout
+from bootd.model.lifecycle import BOOT, DEFAULT_TIMEOUTS, TRANSITIONS, Actor, Boot, allowed, apply
 from bootd.model.records import NewNode
 from bootd.model.states import NodeState as S
 
@@ -197,10 +200,13 @@ async def test_overdue_picks_only_nodes_past_their_states_timeout(repo: Reposito
     assert set(DEFAULT_TIMEOUTS) <= set(S)
 
 
-async def test_timer_ignores_a_node_that_moved_meanwhile(repo: Repository, clock: Clock) -> None:
+async def test_a_decision_from_an_old_reading_is_refused(repo: Repository, clock: Clock) -> None:
     node = await repo.add_node(NewNode("n1", (MAC,)), actor="test")
     await repo.transition("n1", S.DISCOVERED, Actor.NODE, actor="node")
-    assert await repo.retry_state("n1", S.DISCOVERING, node.state_changed_at, 1, reason="x") is None
+    changes, effects = apply(node, Timeout(600, 1), clock.now)  # the timer's stale snapshot
+    with pytest.raises(Conflict, match="changed meanwhile, try again"):
+        await repo.commit("n1", node.version, changes, effects, actor="timer")
+    assert [e.kind for e in await repo.events("n1")] == ["created", "transition"]
 
 
 # -- HTTP: tokens, callbacks, operator API ---------------------------------------------
@@ -272,15 +278,15 @@ async def test_boot_script_and_install_files_over_http(client: TestClient, repo:
     unknown = await client.get("/boot/ipxe", params={"mac": "52:54:00:00:00:99"})
     text = await unknown.text()
     assert unknown.status == 200 and text.startswith("#!ipxe")
-    node = await repo.find_node_by_mac("52:54:00:00:00:99")
-    assert node is not None and node.state is S.DISCOVERING  # recorded by its first boot
-    token = await repo.node_token(node.name)
-    assert f"bootd.token={token}" in text
+    assert await repo.find_node_by_mac("52:54:00:00:00:99") is None  # HTTP records no machine
     assert (await client.get("/boot/ipxe", params={"mac": "nonsense"})).status == 400
+    node = await repo.add_node(NewNode("node-525400000099", ("52:54:00:00:00:99",)), actor="t")
     await repo.transition(node.name, S.DISCOVERED, Actor.NODE, actor="node")
     await repo.transition(node.name, S.HARDWARE_INSTALLING, Actor.OPERATOR, actor="t",
                           profile="ubuntu-24.04")
     await repo.transition(node.name, S.HARDWARE_INSTALLED, Actor.NODE, actor="node")
+    token = await repo.node_token(node.name)
+    await client.app[POLICY].refresh()  # the directory the policy answers from
     assert (await client.get("/boot/grub", params={"node": node.name})).status == 401  # token inside
     script = await (await client.get("/boot/grub", params={"node": node.name}, headers=AUTH)).text()
     assert f"'ds=nocloud-net;s=http://127.0.0.1:8080/install/{node.name}/{token}/'" in script
@@ -341,7 +347,7 @@ def test_golden(name: str, produce: Callable[[Config], str]) -> None:
 
 async def test_agent_self_tasks_and_bmc(client: TestClient, repo: Repository, tmp_path: Path) -> None:
     config = make_config(tmp_path)
-    tasks = config.tftp_root / "images" / "tasks"
+    tasks = config.state_dir / "tasks"
     tasks.mkdir(parents=True)
     (tasks / "20-bios.sh").write_text("echo bios for $BOOTD_NODE\n")
     (tasks / "10-raid.sh").write_text("echo raid\n")
@@ -371,8 +377,12 @@ async def test_agent_self_tasks_and_bmc(client: TestClient, repo: Repository, tm
     assert early.status == 409  # a new BMC password only during hardware-install
     await repo.transition("a", S.DISCOVERED, Actor.NODE, actor="node")
     await repo.transition("a", S.HARDWARE_INSTALLING, Actor.OPERATOR, actor="t", profile="rocky-9")
+    assert (await client.get("/api/v1/nodes/a/tasks/bmc", headers=me)).status == 403  # rotated
+    me = {"Authorization": f"Bearer {await repo.node_token('a')}"}
     bmc = await (await client.get("/api/v1/nodes/a/tasks/bmc", headers=me)).text()
     password = re.search(r"user set password 3 (\S+)", bmc).group(1)  # type: ignore[union-attr]
+    applied = await client.post("/api/v1/nodes/a/tasks/bmc", data=f"{APPLIED}\n", headers={**me, "X-Task-Status": "0"})
+    assert applied.status == 200
     assert (await repo.bmc_credentials("a")).password == password
     listed = await (await client.get("/api/v1/nodes/a", headers=AUTH)).text()
     assert password not in listed and '"username": "bootd"' in listed
@@ -393,7 +403,11 @@ async def test_agent_finds_its_node_after_a_rename(client: TestClient, repo: Rep
     await repo.transition("node-525400000a0a", S.DISCOVERED, Actor.NODE, actor="node")
     await repo.transition("node-525400000a0a", S.HARDWARE_INSTALLING, Actor.OPERATOR, actor="t",
                           profile="rocky-9", rename="r2-n01")
-    me = {"Authorization": f"Bearer {token}"}
+    # Allocation rotated the token: the old one is refused, the new one (which the agent
+    # fetches from /boot/identity) finds the node under its old name too.
+    old = await client.get("/api/v1/nodes/node-525400000a0a/self", headers={"Authorization": f"Bearer {token}"})
+    assert old.status == 403
+    me = {"Authorization": f"Bearer {await repo.node_token('r2-n01')}"}
     view = await (await client.get("/api/v1/nodes/node-525400000a0a/self", headers=me)).json()
     assert (view["name"], view["state"]) == ("r2-n01", "hardware-installing")
     wrong = await client.get("/api/v1/nodes/node-525400000a0a/self",

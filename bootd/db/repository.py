@@ -20,7 +20,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from ipaddress import IPv4Address
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -30,7 +30,8 @@ from bootd.db import schema as t
 from bootd.db.engine import WRITE
 from bootd.errors import Conflict, DatabaseUnavailable, InvalidInput, NotFound
 from bootd.keys import SecretBox, new_node_token
-from bootd.model.lifecycle import Actor, allowed, targets
+from bootd.model.events import Changes, Effect, Emit, RotateToken, Rules
+from bootd.model.lifecycle import Actor, IllegalTransition, apply, event_for
 from bootd.model.names import mac_address, node_name, short_text
 from bootd.model.records import (
     BmcCredentials,
@@ -122,6 +123,7 @@ class Repository:
             return [_node_record(n) for n in rows]
 
     async def delete_node(self, name: str, *, actor: str) -> None:
+        """Compatibility: the lifecycle service's delete, without power-off or feed."""
         await self.transition(name, NodeState.DELETE, Actor.OPERATOR, actor=actor)
 
     async def directory(self) -> list[DirectoryEntry]:
@@ -225,62 +227,66 @@ class Repository:
                          message: str = "", expect: NodeState | None = None,
                          profile: str | None = None, rename: str | None = None,
                          inventory: str | None = None) -> NodeRecord:
-        """A move of one node, in its own transaction (see _move, the one writer).
+        """Compatibility for callers from before the lifecycle service (tests, interim
+        wiring): the move as model.lifecycle.apply decides it, written by `commit`,
+        without the service's profile check or its effects after the commit (power,
+        change feed). New code calls bootd.lifecycle.Lifecycle."""
+        node = await self.get_node(name)
+        event = event_for(target, who, expect=expect, profile=profile, rename=rename,
+                          inventory=inventory, message=message)
+        known = frozenset(p for p in (profile, node.profile) if p)
+        try:
+            changes, effects = apply(node, event, self._clock(), Rules(profiles=known))
+        except IllegalTransition as exc:
+            raise Conflict(str(exc)) from None
+        return await self.commit(node.name, node.version, changes, effects, actor=actor)
 
-        `expect` refuses the move if the node is no longer where the caller saw it
-        (a stale or replayed callback). Allocation (discovered -> hardware-installing)
-        takes the profile and optionally a new name; reset forgets the allocation;
-        delete removes the node (its next boot is a new discovery).
-        """
-        message = short_text(message, "message", 2000) if message else ""
+    async def commit(self, name: str, version: int, changes: Changes, effects: Sequence[Effect], *,
+                     actor: str) -> NodeRecord:
+        """Write one lifecycle decision (model.lifecycle.apply) about node `name` as it
+        was read at `version`, in one transaction: its fields, its event rows, a new
+        token. The version is bumped with UPDATE .. WHERE version = :v first, which
+        also takes the row's write lock (PostgreSQL) or runs under BEGIN IMMEDIATE
+        (SQLite): of two decisions made from the same reading exactly one commits,
+        the other gets Conflict. Returns the record after the change; for a deleted
+        node, its last record with state DELETE. Persistence only: what changes was
+        decided by the caller."""
         async with self._tx(write=True) as s:
+            bumped = await s.scalar(
+                update(t.Node).where(t.Node.name == name.lower(), t.Node.version == version)
+                .values(version=version + 1).returning(t.Node.id))
+            if bumped is None:
+                if await s.scalar(select(t.Node.id).where(t.Node.name == name.lower())) is None:
+                    raise NotFound(f"no node named {name!r}")
+                raise Conflict(f"node {name} changed meanwhile, try again")
             node = await self._load(s, name)
-            source = NodeState(node.state)
-            if expect is not None and source is not expect:
-                raise Conflict(f"node {node.name} is {source.value}, not {expect.value} "
-                               f"(stale or replayed request)")
-            return await self._move(s, node, target, who, actor=actor, message=message,
-                                    profile=profile, rename=rename, inventory=inventory)
-
-    async def _move(self, s: AsyncSession, node: t.Node, target: NodeState, who: Actor, *, actor: str,
-                    message: str = "", profile: str | None = None, rename: str | None = None,
-                    inventory: str | None = None) -> NodeRecord:
-        """The one writer of node state, inside its caller's transaction: checks the
-        move against the lifecycle table, writes the new state and its event together."""
-        source = NodeState(node.state)
-        if source is target:
-            raise Conflict(f"node {node.name} is already {target.value}")
-        if not allowed(source, target, who):
-            can = ", ".join(x.value for x in targets(source, who)) or "nothing"
-            raise Conflict(f"{who.value} cannot move node {node.name} from {source.value} to "
-                           f"{target.value} (allowed from {source.value}: {can})")
-        now = self._clock()
-        if target is NodeState.DELETE:
-            self._event(s, node, "deleted", source, None, actor, message)
+            if changes.name is not None and changes.name != node.name:
+                if await s.scalar(select(t.Node.id).where(t.Node.name == changes.name)) is not None:
+                    raise Conflict(f"a node named {changes.name} already exists")
+                node.name = changes.name
+            if changes.profile is not None:
+                node.profile = changes.profile
+            if changes.allocated is not None:
+                node.allocated = changes.allocated
+            if changes.inventory is not None:
+                node.inventory = changes.inventory
+            if changes.state is not None:
+                node.state, node.state_changed_at = changes.state.value, changes.at
+            if changes.retries is not None:
+                node.retries, node.state_changed_at = changes.retries, changes.at
+            node.updated_at = changes.at
+            for effect in effects:
+                if isinstance(effect, Emit):
+                    self._event(s, node, effect.kind, effect.from_state, effect.to_state, actor,
+                                effect.message)
+                elif isinstance(effect, RotateToken):
+                    self.rotate_token(node)
             await s.flush()
             record = _node_record(node)
-            await s.delete(node)
-            return replace(record, state=NodeState.DELETE)
-        if source is NodeState.DISCOVERED and target is NodeState.HARDWARE_INSTALLING:
-            profile = profile if profile is not None else node.profile
-            if not profile:
-                raise InvalidInput(f"allocating node {node.name} needs a profile")
-            node.profile, node.allocated = short_text(profile, "profile", 64), True
-            if rename is not None and node_name(rename) != node.name:
-                new = node_name(rename)
-                if await s.scalar(select(t.Node.id).where(t.Node.name == new)) is not None:
-                    raise Conflict(f"a node named {new} already exists")
-                self._event(s, node, "renamed", None, None, actor, f"new name {new}")
-                node.name = new
-            message = (message + " " if message else "") + f"allocated profile={node.profile}"
-        elif target is NodeState.RESET:
-            node.allocated = False
-        if inventory is not None:
-            node.inventory = inventory
-        node.state, node.state_changed_at, node.updated_at, node.retries = target.value, now, now, 0
-        self._event(s, node, "transition", source, target, actor, message)
-        await s.flush()
-        return _node_record(node)
+            if changes.delete:
+                await s.delete(node)
+                return replace(record, state=NodeState.DELETE)
+            return record
 
     async def record_event(self, name: str, kind: str, message: str, *, actor: str) -> None:
         """A note in a node's log that changes nothing else (a task's result, say)."""
@@ -301,29 +307,8 @@ class Repository:
                 node.profile = short_text(profile, "profile", 64) if profile else None
                 changes.append(f"profile={profile or '-'}")
             if changes:
-                node.updated_at = self._clock()
+                node.updated_at, node.version = self._clock(), (node.version or 0) + 1
                 self._event(s, node, "updated", None, None, actor, " ".join(changes))
-            await s.flush()
-            return _node_record(node)
-
-    async def retry_state(self, name: str, expect: NodeState, changed_at: datetime, budget: int, *,
-                          reason: str) -> NodeRecord | None:
-        """The timer found `name` overdue in `expect`: spend one retry (restart the
-        state's clock), or move it to problem once the budget is spent. None if
-        the node moved meanwhile (the timer saw an old snapshot)."""
-        async with self._tx(write=True) as s:
-            node = await s.scalar(select(t.Node).where(t.Node.name == name))
-            if node is None or node.state != expect.value or node.state_changed_at != changed_at:
-                return None
-            now = self._clock()
-            if (node.retries or 0) < budget:
-                node.retries = (node.retries or 0) + 1
-                node.state_changed_at, node.updated_at = now, now
-                self._event(s, node, "timeout", expect, expect, "timer",
-                            f"{reason}; retry {node.retries} of {budget}")
-            else:
-                return await self._move(s, node, NodeState.PROBLEM, Actor.TIMER, actor="timer",
-                                        message=f"{reason}; no retries left")
             await s.flush()
             return _node_record(node)
 
@@ -521,7 +506,7 @@ def _node_record(n: t.Node) -> NodeRecord:
         bmc=None if n.bmc is None else BmcRecord(n.bmc.address, n.bmc.username, n.bmc.reachable,
                                                  n.bmc.power, n.bmc.last_error, n.bmc.checked_at),
         created_at=n.created_at, updated_at=n.updated_at, state_changed_at=n.state_changed_at,
-        retries=n.retries or 0, inventory=n.inventory,
+        retries=n.retries or 0, inventory=n.inventory, origin=n.origin, version=n.version or 0,
     )
 
 

@@ -66,6 +66,8 @@ class NodeRecord:
     state_changed_at: datetime
     retries: int = 0
     inventory: str | None = None  # JSON text from the discovery agent
+    origin: str = "operator"  # or "booted" (recorded from a PXE boot): see NewNode
+    version: int = 0  # bumped by every write: the lifecycle's optimistic concurrency
 
     @property
     def boot_mac(self) -> str | None:
