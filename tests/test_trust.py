@@ -257,3 +257,26 @@ def test_database_errors_carry_no_bound_parameters() -> None:
     assert "UNIQUE constraint failed" in text
 
 
+
+
+async def test_bmc_reservations_never_share_an_address_on_either_backend(db_url: str, tmp_path: Path) -> None:
+    """Six nodes ask at once for three addresses: three distinct ones are handed out,
+    three nodes are told there is none; the unique index settles PostgreSQL races."""
+    engine = await open_database(db_url)
+    try:
+        repo = Repository(engine, SecretBox.from_file(tmp_path / "key"))
+        extra = '\n[[subnets]]\ncidr = "127.0.0.0/8"\nbmc_range = "127.0.1.10-127.0.1.12"\n'
+        config = parse_config(loopback_config(tmp_path / "state", 8080, extra))
+        tasks = Tasks(config, repo)
+        nodes = []
+        for i in range(6):
+            await repo.add_node(NewNode(f"n{i}", (f"52:54:00:00:01:{i:02x}",),
+                                        state=NodeState.HARDWARE_INSTALLING), actor="t")
+            nodes.append(await repo.get_node(f"n{i}"))
+        scripts = await asyncio.gather(*(tasks.script(n, "bmc", "127.0.0.5") for n in nodes))
+        handed = [line.split()[-1] for s in scripts for line in s.splitlines()
+                  if line.startswith("ipmitool lan set 1 ipaddr")]
+        assert sorted(handed) == ["127.0.1.10", "127.0.1.11", "127.0.1.12"]
+        assert sum("no free address" in s for s in scripts) == 3
+    finally:
+        await engine.dispose()
