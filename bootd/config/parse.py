@@ -183,7 +183,7 @@ def _tftp(t: Table) -> TftpConfig:
     d = TftpConfig()
     ranges = {"port": (1, 65535), "max_blksize": (512, 65464), "max_windowsize": (1, 65535),
               "retries": (1, 100), "cache_mb": (1, 1 << 20),
-              "max_transfers": (1, 100_000)}
+              "max_transfers": (1, 100_000), "max_per_client": (1, 100_000), "max_timeout": (1, 255)}
     values: dict[str, Any] = {}
     for name, (low, high) in ranges.items():
         value = t.get(name, int, getattr(d, name))

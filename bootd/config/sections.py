@@ -125,6 +125,14 @@ class TftpConfig:
     # every transfer; bigger files are refused with a message saying so.
     cache_mb: int = 1024
     max_transfers: int = 1000  # at once; more requests get "server busy"
+    # Per client address, at once: firmware, iPXE, shim and GRUB fetch one file at a
+    # time (UEFI's tsize probe then the download), so 8 is generous for a machine
+    # and keeps one host from taking every slot. More get "too many transfers".
+    max_per_client: int = 8
+    # The longest RFC 2349 timeout option accepted; a longer one is left out of the
+    # OACK (the RFC lets the server only echo or omit it). A transfer with no
+    # progress ends after (retries + 1) x max(timeout, max_timeout) seconds.
+    max_timeout: int = 5
 
 
 @dataclass(frozen=True)
