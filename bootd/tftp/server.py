@@ -1,272 +1,65 @@
 """The TFTP service (read-only): requests on port 69, one ephemeral port per transfer.
 
-RFC 1350 section 4: each transfer gets a fresh transfer identifier, our own
-UDP port, so many transfers run at once on one event loop with no thread or
-process per transfer. The transfer socket is connect()ed to its client (as
-tftpd-hpa does): the kernel then drops datagrams from any other source with
-an ICMP port-unreachable instead of us answering error 5, sends take no route
-lookup, and IP_MTU tells the path MTU that bounds blksize (RFC 2348).
+This module is the listener: it takes requests off port 69 (intake.examine
+decides accept, refuse or ignore, and cleans the name once), enforces the
+limits, finds the content and starts a Transfer (transfer.py) on a fresh
+connected socket; cache.py holds the files; session.py is the protocol.
 
 Content: names the policy knows (per-node pxelinux and GRUB configs) are
 generated for the asking machine; everything else comes from files under the
-TFTP root (files.resolve), read once in a worker thread into a bounded memory
-cache shared by every transfer of that file, so the loop never waits on the
-disk and the iPXE binary every node asks for is read once. (Not mmap: a file
-truncated under a live mapping kills the process with SIGBUS.)
+TFTP root, read once in a worker thread into the bounded memory cache shared
+by every transfer of that file (cache.py: not mmap, and netascii converted
+there too, never per transfer on the event loop).
+
+Limits, so that a flood of requests (spoofed sources, random names and
+options) costs bounded memory: at most max_transfers transfers running or
+loading at once, at most max_per_client per client address, each ending
+after (retries + 1) x timeout without progress (session.py clamps the
+client's timeout option). Every table here is keyed by a running or loading
+transfer, except the recently completed requests, which live STALE_REQUEST_WINDOW
+seconds and are capped at max_transfers. Refusals are counted per reason and
+logged once per reason per minute (refusals.py), never keyed by what a peer chose.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import socket
-import stat
-import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Protocol
 
 import netifaces
 
 from bootd.config import Config
-from bootd.files import Missing, Refused, clean_parts, resolve
-from bootd.logs import Throttle, kv
-from bootd.policy import Policy
+from bootd.files import BadName, Missing, NotRegular, OutsideRoot, Refused
+from bootd.logs import kv
 from bootd.service import BindError
 from bootd.tftp import packet as p
-from bootd.tftp.session import MAX_BLKSIZE, ArmTimer, Done, Limits, ReadSession, Send
+from bootd.tftp.cache import FileCache, TooLarge, netascii
+from bootd.tftp.intake import Accept, Refuse, examine
+from bootd.tftp.refusals import Reason, RefusalLog
+from bootd.tftp.session import MAX_BLKSIZE, Done, Limits, ReadSession
+from bootd.tftp.transfer import TFTP_OVERHEAD, Transfer, transfer_socket
 
 log = logging.getLogger("bootd.tftp")
-IP_MTU = 14  # <linux/in.h>; the socket module does not export it
-TFTP_OVERHEAD = 20 + 8 + 4  # IPv4 header, UDP header, TFTP DATA header
-REFUSAL_LOG_INTERVAL = 60.0
-RECV_SIZE = 1024  # client datagrams are ACKs and ERRORs; a longer one is cut and fails to parse
 STALE_REQUEST_WINDOW = 2.0  # seconds: the same request from the same port right after completing
-# A lone lockstep transfer waits this long for its next ACK before going back to
-# the event loop: about one round trip to a client on the same segment, and far
-# less than a wake-up from epoll costs on these VMs (measured: 5.7 -> 21 MB/s at
-# blksize 512). The loop itself still gets its turn at least every SPIN_BUDGET.
-SPIN_SECONDS = 100e-6
-SPIN_BUDGET = 2e-3
+LOGGED_NAME = 120  # characters of a refused name that go into the log line
+
+Peer = tuple[str, int]
 
 
-class TooLarge(Refused):
-    """A file bigger than the whole cache."""
+class TftpPolicy(Protocol):
+    """The one question TFTP asks the policy (bootd.policy.Policy answers it)."""
 
-
-class FileCache:
-    """Files under the root, in memory, least recently used dropped past the budget.
-
-    An entry is reused while the file's inode, size and mtime are unchanged, so
-    a replaced loader is served fresh on the next request; transfers already
-    running keep the bytes they started with.
-    """
-
-    def __init__(self, root: Path, budget: int) -> None:
-        self.root, self.budget = root, budget
-        self._entries: OrderedDict[Path, tuple[tuple[int, int, int], bytes]] = OrderedDict()
-        self._size = 0
-        self._lock = threading.Lock()  # load() runs in worker threads
-
-    def load(self, name: str) -> bytes:
-        """Blocking: call in a worker thread. Raises Refused or Missing."""
-        path = resolve(self.root, name)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-        except OSError as exc:
-            raise Missing(exc.strerror or "cannot open") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise Refused("not a regular file")
-            if st.st_size > self.budget:
-                raise TooLarge(f"{st.st_size} bytes is more than tftp.cache_mb allows; "
-                               "fetch it over HTTP")
-            key = (st.st_ino, st.st_size, st.st_mtime_ns)
-            with self._lock:
-                cached = self._entries.get(path)
-                if cached is not None and cached[0] == key:
-                    self._entries.move_to_end(path)
-                    return cached[1]
-            content = _read_all(fd, st.st_size)
-        except OSError as exc:
-            raise Missing(exc.strerror or "cannot open") from None
-        finally:
-            os.close(fd)
-        with self._lock:
-            old = self._entries.pop(path, None)
-            if old is not None:
-                self._size -= len(old[1])
-            self._entries[path] = (key, content)
-            self._size += len(content)
-            while self._size > self.budget and len(self._entries) > 1:
-                _, (_, dropped) = self._entries.popitem(last=False)
-                self._size -= len(dropped)
-        return content
-
-
-def _read_all(fd: int, size: int) -> bytes:
-    buf = bytearray(size)
-    view, got = memoryview(buf), 0
-    while got < size:
-        n = os.readv(fd, [view[got:]])
-        if n == 0:
-            break  # shrank while we read: serve what was there
-        got += n
-    return bytes(view[:got])
-
-
-def netascii(data: bytes) -> bytes:
-    """RFC 764 NVT ASCII as RFC 1350 requires for mode netascii: CR -> CR NUL, LF -> CR LF."""
-    return data.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
-
-
-def transfer_socket(local: str, peer: tuple[str, int]) -> tuple[socket.socket, int]:
-    """A fresh port connected to the peer, and the path MTU to it."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.setblocking(False)
-        sock.bind((local, 0))
-        sock.connect(peer)
-        mtu = sock.getsockopt(socket.IPPROTO_IP, IP_MTU)
-    except OSError:
-        sock.close()
-        raise
-    return sock, mtu
-
-
-class _Transfer:
-    """One transfer on its own connected socket, driven straight from the selector.
-
-    asyncio's datagram transport costs more per packet than the whole session
-    logic (about 10 us against 2 us, measured): a lockstep transfer is one
-    round trip per block, so the transfer reads and writes its socket itself.
-    """
-
-    def __init__(self, service: TftpService, sock: socket.socket, peer: tuple[str, int], name: str,
-                 session: ReadSession, request: bytes) -> None:
-        self.service, self.sock, self.peer, self.name = service, sock, peer, name
-        self.session, self.request = session, request
-        self.fd = sock.fileno()
-        self.backlog: deque[bytes] = deque()  # datagrams waiting for room in the send buffer
-        self.closed = False
-        # One timer per transfer, re-armed lazily: a window moves the deadline,
-        # the callback re-schedules itself if it fires early (no heap churn per ACK).
-        self.deadline = 0.0
-        self.timer: asyncio.TimerHandle | None = None
-        self.loop = asyncio.get_running_loop()
-
-    def start(self) -> None:
-        self.loop.add_reader(self.fd, self._readable)
-        self._apply(self.session.start(self.loop.time()))
-
-    def _readable(self) -> None:
-        # One datagram per wake-up (a second recv() would mostly fail with EAGAIN;
-        # the selector is level-triggered), except for a lone lockstep transfer:
-        # its next ACK is one round trip away, and waiting for it briefly here
-        # saves the event loop's wake-up on every block (see SPIN_SECONDS).
-        spin_until = 0.0
-        budget_end = time.perf_counter() + SPIN_BUDGET
-        while True:
-            try:
-                data = self.sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                if spin_until and time.perf_counter() < spin_until:
-                    continue
-                return
-            except ConnectionRefusedError:
-                # ICMP port unreachable: the client's port is closed, it has gone away.
-                self._finish(Done(False, "client went away (port unreachable)"))
-                return
-            except OSError as exc:
-                self._finish(Done(False, f"receive failed: {exc.strerror}"))
-                return
-            self._datagram(data)
-            if self.closed or self.session.windowsize != 1 or len(self.service.transfers) != 1:
-                return
-            now = time.perf_counter()
-            if now >= budget_end:
-                return  # let the loop run: other services, new requests
-            spin_until = now + SPIN_SECONDS
-
-    def _datagram(self, data: bytes) -> None:
-        # The socket is connected: only the client's datagrams arrive here.
-        if len(data) == 4 and data[0] == 0 and data[1] == 4:  # ACK, the hot path
-            actions = self.session.ack((data[2] << 8) | data[3], self.loop.time())
-        else:
-            try:
-                packet = p.parse(data)
-            except p.MalformedPacket as exc:
-                actions = [Send(p.error(p.ErrorCode.ILLEGAL_OPERATION, str(exc))),
-                           Done(False, f"malformed packet: {exc}")]
-            else:
-                actions = self.session.receive(packet, self.loop.time())
-        if actions:
-            self._apply(actions)
-
-    def _send(self, data: bytes) -> None:
-        if self.backlog:
-            self.backlog.append(data)
-            return
-        try:
-            self.sock.send(data)
-        except BlockingIOError:
-            self.backlog.append(data)
-            self.loop.add_writer(self.fd, self._writable)
-        except ConnectionRefusedError:
-            self._finish(Done(False, "client went away (port unreachable)"))
-        except OSError as exc:
-            self._finish(Done(False, f"send failed: {exc.strerror}"))
-
-    def _writable(self) -> None:
-        while self.backlog:
-            try:
-                self.sock.send(self.backlog[0])
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                self._finish(Done(False, f"send failed: {exc.strerror}"))
-                return
-            self.backlog.popleft()
-        self.loop.remove_writer(self.fd)
-
-    def _on_timer(self) -> None:
-        self.timer = None
-        now = self.loop.time()
-        if now < self.deadline:
-            self.timer = self.loop.call_at(self.deadline, self._on_timer)
-            return
-        self._apply(self.session.timeout(now))
-
-    def _apply(self, actions: list[Send | ArmTimer | Done]) -> None:
-        for action in actions:
-            if self.closed:
-                return
-            if isinstance(action, Send):
-                self._send(action.data)
-            elif isinstance(action, ArmTimer):
-                self.deadline = action.deadline
-                if self.timer is None:
-                    self.timer = self.loop.call_at(action.deadline, self._on_timer)
-            else:
-                self._finish(action)
-
-    def _finish(self, done: Done) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.loop.remove_reader(self.fd)
-        if self.backlog:
-            self.loop.remove_writer(self.fd)
-            self.backlog.clear()
-        self.sock.close()
-        self.service.finished(self, done)
+    def tftp_file(self, path: str, peer: IPv4Address) -> bytes | None:
+        """A generated file for a clean relative path, or None for a plain file under the root."""
 
 
 class _Listener(asyncio.DatagramProtocol):
@@ -280,18 +73,20 @@ class _Listener(asyncio.DatagramProtocol):
 class TftpService:
     name = "tftp"
 
-    def __init__(self, config: Config, policy: Policy, root: Path | None = None) -> None:
+    def __init__(self, config: Config, policy: TftpPolicy, root: Path | None = None) -> None:
         self.config, self.policy = config, policy
         self.port = config.tftp.port
         self.files = FileCache(root or config.tftp_root, config.tftp.cache_mb << 20)
         self._listeners: list[asyncio.DatagramTransport] = []
-        self.transfers: dict[tuple[str, int], _Transfer] = {}
+        self.transfers: dict[Peer, Transfer] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._pending: set[tuple[str, int]] = set()  # peers whose file is being loaded
+        self._pending: set[Peer] = set()  # peers whose file is being loaded
+        self._per_client: dict[str, int] = {}  # running or loading, by client address
         # Requests of transfers that just completed: a busy loop can read a client's
         # retransmitted RRQ from port 69 only after the transfer it asked for ended.
-        self._recent: OrderedDict[tuple[tuple[str, int], bytes], float] = OrderedDict()
-        self._log_refusal = Throttle(REFUSAL_LOG_INTERVAL)
+        # Keyed by a digest: a request may be a 64 KiB datagram of options.
+        self._recent: OrderedDict[tuple[Peer, bytes], float] = OrderedDict()
+        self.refusals = RefusalLog()
         self.counters = {"requests": 0, "complete": 0, "declined": 0, "failed": 0, "refused": 0,
                          "bytes": 0}
 
@@ -327,7 +122,7 @@ class TftpService:
         for listener in self._listeners:
             listener.close()
         for transfer in list(self.transfers.values()):
-            transfer._finish(Done(False, "server stopping"))
+            transfer.stop("server stopping")
         for task in list(self._tasks):
             task.cancel()
         log.info("stopped", extra=kv(**self.counters))
@@ -338,24 +133,24 @@ class TftpService:
     def _listener_for(self, address: str) -> Callable[[], _Listener]:
         return lambda: _Listener(self, address)
 
+    def running(self) -> int:
+        return len(self.transfers)
+
+    def tables(self) -> dict[str, int]:
+        """Sizes of everything this service remembers (bounded under any flood; tests read it)."""
+        return {"transfers": len(self.transfers), "pending": len(self._pending),
+                "tasks": len(self._tasks), "per_client": len(self._per_client),
+                "recent": len(self._recent), "cache_bytes": self.files.size}
+
     # -- requests -------------------------------------------------------------------
 
-    def request(self, local: str, data: bytes, peer: tuple[str, int]) -> None:
+    def request(self, local: str, data: bytes, peer: Peer) -> None:
         self.counters["requests"] += 1
-        try:
-            req = p.parse(data)
-        except p.MalformedPacket as exc:
-            self._refuse(local, peer, p.ErrorCode.ILLEGAL_OPERATION, str(exc), "-")
-            return
-        if not isinstance(req, p.Request):
+        decision = examine(data)
+        if decision is None:
             return  # a stray DATA/ACK to port 69: nothing to answer (RFC 1350 section 4)
-        if req.opcode is p.Opcode.WRQ:
-            self._refuse(local, peer, p.ErrorCode.ACCESS_VIOLATION, "this server is read-only",
-                         req.filename)
-            return
-        if req.mode not in ("octet", "netascii"):
-            self._refuse(local, peer, p.ErrorCode.ILLEGAL_OPERATION, f"mode {req.mode!r} not supported",
-                         req.filename)
+        if isinstance(decision, Refuse):
+            self._refuse(local, peer, decision)
             return
         if self._recent and self._stale(peer, data):
             return
@@ -364,67 +159,83 @@ class TftpService:
             # the running transfer retransmits on its own timer. A second transfer
             # to the same port would only be ignored by the client.
             return
-        if len(self.transfers) + len(self._pending) >= self.config.tftp.max_transfers:
-            self._refuse(local, peer, p.ErrorCode.NOT_DEFINED, "server busy, try again",
-                         req.filename)
+        name = decision.request.filename
+        t = self.config.tftp
+        if len(self.transfers) + len(self._pending) >= t.max_transfers:
+            self._refuse(local, peer, Refuse(Reason.BUSY, "server busy, try again", name))
+            return
+        if self._per_client.get(peer[0], 0) >= t.max_per_client:
+            self._refuse(local, peer, Refuse(
+                Reason.CLIENT_LIMIT, f"too many transfers from {peer[0]} at once, try again", name))
             return
         self._pending.add(peer)
-        task = asyncio.get_running_loop().create_task(self._serve(local, peer, req, data))
+        self._per_client[peer[0]] = self._per_client.get(peer[0], 0) + 1
+        task = asyncio.get_running_loop().create_task(self._serve(local, peer, decision, data))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, local: str, peer: tuple[str, int], req: p.Request, raw: bytes) -> None:
+    async def _serve(self, local: str, peer: Peer, accept: Accept, raw: bytes) -> None:
+        started = False
         try:
-            await self._start(local, peer, req, raw)
+            started = await self._start(local, peer, accept, raw)
         finally:
             self._pending.discard(peer)
+            if not started:
+                self._release(peer[0])
 
-    async def _start(self, local: str, peer: tuple[str, int], req: p.Request, raw: bytes) -> None:
+    async def _start(self, local: str, peer: Peer, accept: Accept, raw: bytes) -> bool:
+        """Find the content and start the transfer; False if refused instead."""
+        req, path = accept.request, accept.path
         try:
-            clean_parts(req.filename)
-            generated = self.policy.tftp_file(req.filename, IPv4Address(peer[0]))
-            content = (generated if generated is not None
-                       else await asyncio.to_thread(self.files.load, req.filename))
-        except TooLarge as exc:
-            self._refuse(local, peer, p.ErrorCode.NOT_DEFINED, str(exc), req.filename)
-            return
-        except Refused as exc:
-            self._refuse(local, peer, p.ErrorCode.ACCESS_VIOLATION, str(exc), req.filename)
-            return
-        except Missing as exc:
-            self._refuse(local, peer, p.ErrorCode.FILE_NOT_FOUND, str(exc), req.filename, quiet=True)
-            return
-        if req.mode == "netascii":
-            content = netascii(content)
+            generated = self.policy.tftp_file(path.text, IPv4Address(peer[0]))
+            if generated is not None:
+                content = netascii(generated) if accept.netascii else generated  # a few KiB
+            else:
+                content = await asyncio.to_thread(self.files.load, path, accept.netascii)
+        except (Refused, Missing) as exc:
+            self._refuse(local, peer, Refuse(_reason(exc), str(exc), req.filename))
+            return False
         try:
             sock, mtu = transfer_socket(local, peer)
         except OSError as exc:
-            self._refuse(local, peer, p.ErrorCode.NOT_DEFINED, "no transfer socket", req.filename)
-            log.error("cannot open a transfer socket", extra=kv(peer=peer[0], file=req.filename,
+            self._refuse(local, peer, Refuse(Reason.NO_SOCKET, "no transfer socket", req.filename))
+            log.error("cannot open a transfer socket", extra=kv(peer=peer[0], file=path.text,
                                                                reason=exc.strerror))
-            return
+            return False
         t = self.config.tftp
         limits = Limits(max_blksize=max(512, min(t.max_blksize, mtu - TFTP_OVERHEAD, MAX_BLKSIZE)),
-                        max_windowsize=t.max_windowsize, timeout=t.timeout, retries=t.retries)
-        transfer = _Transfer(self, sock, peer, req.filename, ReadSession(req, content, limits), raw)
+                        max_windowsize=t.max_windowsize, timeout=t.timeout, retries=t.retries,
+                        max_timeout=t.max_timeout)
+        transfer = Transfer(self, sock, peer, path.text, ReadSession(req, content, limits), raw)
         self.transfers[peer] = transfer
         transfer.start()
+        return True
 
-    def _stale(self, peer: tuple[str, int], data: bytes) -> bool:
+    def _release(self, address: str) -> None:
+        left = self._per_client.get(address, 0) - 1
+        if left > 0:
+            self._per_client[address] = left
+        else:
+            self._per_client.pop(address, None)
+
+    def _stale(self, peer: Peer, data: bytes) -> bool:
         now = time.monotonic()
         while self._recent:
             key, when = next(iter(self._recent.items()))
             if now - when < STALE_REQUEST_WINDOW:
                 break
             del self._recent[key]
-        return (peer, data) in self._recent
+        return (peer, _digest(data)) in self._recent
 
-    def finished(self, transfer: _Transfer, done: Done) -> None:
+    def finished(self, transfer: Transfer, done: Done) -> None:
         if self.transfers.get(transfer.peer) is transfer:
             del self.transfers[transfer.peer]
+            self._release(transfer.peer[0])
         session = transfer.session
         if session.complete:
-            self._recent[(transfer.peer, transfer.request)] = time.monotonic()
+            self._recent[(transfer.peer, _digest(transfer.request))] = time.monotonic()
+            while len(self._recent) > self.config.tftp.max_transfers:
+                self._recent.popitem(last=False)
         self.counters["bytes"] += session.bytes_sent
         kind = "failed" if not done.ok else "complete" if session.complete else "declined"
         self.counters[kind] += 1
@@ -434,20 +245,37 @@ class TftpService:
                 peer=f"{transfer.peer[0]}:{transfer.peer[1]}", file=transfer.name, reason=done.reason,
                 bytes=session.bytes_sent, blksize=session.blksize, windowsize=session.windowsize))
 
-    def _refuse(self, local: str, peer: tuple[str, int], code: p.ErrorCode, reason: str, name: str,
-                quiet: bool = False) -> None:
+    def _refuse(self, local: str, peer: Peer, refusal: Refuse) -> None:
         """Answer with an error from a fresh port (RFC 1350: errors come from a transfer TID)."""
         self.counters["refused"] += 1
-        if self._log_refusal(time.monotonic(), peer[0], reason):
-            (log.info if quiet else log.warning)("request refused", extra=kv(
-                peer=f"{peer[0]}:{peer[1]}", file=name, code=code.name.lower(), reason=reason))
+        reason = refusal.reason
+        unlogged = self.refusals(time.monotonic(), reason)
+        if unlogged is not None:
+            (log.info if reason.routine else log.warning)("request refused", extra=kv(
+                peer=f"{peer[0]}:{peer[1]}", file=refusal.name[:LOGGED_NAME], code=reason.error.name.lower(),
+                why=reason.label, reason=refusal.message[:LOGGED_NAME],
+                unlogged=unlogged or None))
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.setblocking(False)
                 s.bind((local, 0))
-                s.sendto(p.error(code, reason), peer)
+                s.sendto(p.error(reason.error, refusal.message), peer)
         except OSError as exc:
             log.debug("cannot send error", extra=kv(peer=peer[0], reason=exc.strerror))
+
+
+def _reason(exc: Refused | Missing) -> Reason:
+    if isinstance(exc, Missing):
+        return Reason.NOT_FOUND
+    for kind, reason in ((TooLarge, Reason.TOO_LARGE), (BadName, Reason.BAD_NAME),
+                         (OutsideRoot, Reason.OUTSIDE_ROOT), (NotRegular, Reason.NOT_REGULAR)):
+        if isinstance(exc, kind):
+            return reason
+    return Reason.REFUSED
+
+
+def _digest(request: bytes) -> bytes:
+    return hashlib.blake2b(request, digest_size=16).digest()
 
 
 def _raise_file_limit() -> None:

@@ -11,9 +11,16 @@ block-number rollover and duplicate ACKs are all tested with a fake clock.
 
 Rules:
 - Options (RFC 2347): blksize 8..65464 (RFC 2348), clamped to what the path
-  MTU allows; tsize (RFC 2349) answered with the size; timeout 1..255 s
-  (RFC 2349); windowsize 1..65535 (RFC 7440), clamped to our maximum. Invalid
-  or unknown options are left out of the OACK, which RFC 2347 allows.
+  MTU allows; tsize (RFC 2349) answered with the size of the content as sent
+  (for netascii the converted size, which the file cache knows exactly);
+  windowsize 1..65535 (RFC 7440), clamped to our maximum. Invalid or unknown
+  options are left out of the OACK, which RFC 2347 allows.
+- timeout (RFC 2349) may be 1..255 s, and the server must echo the client's
+  value or leave the option out. A transfer that sees no progress ends after
+  `retries` timeouts, so a client asking 255 s would hold a transfer slot for
+  (retries + 1) x 255 s (25 min at the default 5 retries). A value above
+  Limits.max_timeout is left out of the OACK and our own timer stays: no
+  transfer idles longer than (retries + 1) x max(timeout, max_timeout).
 - With an OACK sent, the transfer starts at the client's ACK 0; an ERROR 8
   instead is the client declining (UEFI's tsize probe does this), not a fault.
 - Blocks are numbered modulo 65536 on the wire (RFC 1350 has 16 bits) and
@@ -60,6 +67,7 @@ class Limits:
     max_windowsize: int = 64
     timeout: float = 1.0
     retries: int = 5
+    max_timeout: float = 5.0  # the longest client timeout option (RFC 2349) we accept
 
 
 class ReadSession:
@@ -93,7 +101,7 @@ class ReadSession:
                 out[name] = str(self.blksize)
             elif name == "tsize":
                 out[name] = str(self.size)
-            elif name == "timeout" and 1 <= n <= 255:
+            elif name == "timeout" and 1 <= n <= 255 and n <= self.limits.max_timeout:
                 self.timeout_s = float(n)
                 out[name] = value
             elif name == "windowsize" and 1 <= n <= 65535:
