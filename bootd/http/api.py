@@ -1,7 +1,9 @@
 """JSON API, /api/v1 (operator-facing; bearer-token protected by server.py).
 
-Handlers are thin: parse the request, ask the repository, render JSON. Node
-records never carry secrets (node tokens, BMC passwords); see model/records.py.
+Handlers are thin: parse the request, ask the lifecycle service (every node
+read and change; the same operations the CLI runs) or the power service,
+render JSON. Node records never carry secrets (node tokens, BMC passwords);
+see model/records.py.
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ from aiohttp import web
 from bootd import __version__
 from bootd.bmc.controller import PowerOp
 from bootd.bmc.service import PowerService, Result
-from bootd.db.repository import Repository
-from bootd.errors import BootdError, Conflict, InvalidInput, NotFound
-from bootd.model.lifecycle import Actor
+from bootd.errors import BootdError, InvalidInput, NotFound
+from bootd.lifecycle import Inventory, Lifecycle, Operation, Selector
 from bootd.model.records import EventRecord, LeaseRecord, NodeRecord
-from bootd.model.states import NodeState
 
-REPO = web.AppKey("repository", Repository)
+REPO = web.AppKey("repository", Inventory)  # health and leases; nodes go through LIFECYCLE
 POWER = web.AppKey("power", PowerService)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+ACTOR = "api"
 
 
 def node_json(node: NodeRecord) -> dict[str, Any]:
@@ -68,13 +70,28 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "version": __version__})
 
 
+def lifecycle(request: web.Request) -> Lifecycle:
+    """The daemon's lifecycle service (app key LIFECYCLE, or the node-reports one).
+    Interim, for apps built without one (tests): a service over the app's
+    repository, without a change feed."""
+    found = request.app.get(LIFECYCLE)
+    if found is not None:
+        return found
+    from bootd.http import boot  # boot imports this module: only at run time
+
+    reports = request.app.get(boot.REPORTS)
+    if isinstance(reports, Lifecycle):
+        return reports
+    return Lifecycle(request.app[boot.SETTINGS].config, request.app[REPO], power=request.app.get(POWER))
+
+
 async def list_nodes(request: web.Request) -> web.Response:
-    nodes = await request.app[REPO].list_nodes()
+    nodes = await lifecycle(request).nodes()
     return web.json_response({"nodes": [node_json(n) for n in nodes]})
 
 
 async def show_node(request: web.Request) -> web.Response:
-    node = await request.app[REPO].get_node(request.match_info["name"])
+    node = await lifecycle(request).node(request.match_info["name"])
     return web.json_response(node_json(node))
 
 
@@ -103,10 +120,7 @@ def _opt_str(body: dict[str, Any], key: str) -> str | None:
 
 
 async def node_events(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    events = await request.app[REPO].events(name)
-    if not events:
-        await request.app[REPO].get_node(name)  # 404 for a node that never existed
+    events = await lifecycle(request).events(request.match_info["name"])
     return web.json_response({"events": [event_json(e) for e in events]})
 
 
@@ -115,57 +129,57 @@ async def update_node(request: web.Request) -> web.Response:
     unknown = set(body) - {"rack", "profile"}
     if unknown:
         raise InvalidInput(f"cannot update {', '.join(sorted(unknown))} (only rack, profile)")
-    node = await request.app[REPO].update_node(
-        request.match_info["name"], rack=_opt_str(body, "rack"), profile=_opt_str(body, "profile"),
-        actor="api")
+    node = await lifecycle(request).update(request.match_info["name"], actor=ACTOR,
+                                           rack=_opt_str(body, "rack"), profile=_opt_str(body, "profile"))
     return web.json_response(node_json(node))
 
 
-async def _select(repo: Repository, body: dict[str, Any]) -> list[str]:
-    """Node names by selector: {"nodes": [...]}, {"rack": R}, {"state": S} or {"all": true}."""
-    if "nodes" in body:
-        names = body["nodes"]
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not names:
-            raise InvalidInput("nodes must be a non-empty list of names")
-        return names
-    nodes = await repo.list_nodes()
-    if "rack" in body:
-        return [n.name for n in nodes if n.rack == body["rack"]]
-    if "state" in body:
-        try:
-            state = NodeState(str(body["state"]))
-        except ValueError:
-            raise InvalidInput(f"{body['state']!r} is not a node state") from None
-        return [n.name for n in nodes if n.state is state]
-    if body.get("all") is True:
-        return [n.name for n in nodes]
-    raise InvalidInput('select nodes with "nodes", "rack", "state" or "all": true')
+def _selector(body: dict[str, Any]) -> Selector:
+    """{"nodes": [...]}, {"rack": R}, {"state": S} or {"all": true}."""
+    names = body.get("nodes", [])
+    if "nodes" in body and (not isinstance(names, list) or not names
+                            or not all(isinstance(n, str) for n in names)):
+        raise InvalidInput("nodes must be a non-empty list of names")
+    return Selector.parse(names, rack=_opt_str(body, "rack"), state=_opt_str(body, "state"),
+                          all=body.get("all") is True)
 
 
-OPERATIONS = {"allocate": NodeState.HARDWARE_INSTALLING, "reinstall": NodeState.REINSTALL,
-              "reset": NodeState.RESET, "delete": NodeState.DELETE}
-
-
-async def _operate(repo: Repository, op: str, name: str, body: dict[str, Any]) -> NodeRecord:
-    return await repo.transition(
-        name, OPERATIONS[op], Actor.OPERATOR, actor="api", message=_opt_str(body, "message") or "",
-        profile=_opt_str(body, "profile") if op == "allocate" else None,
-        rename=_opt_str(body, "name") if op == "allocate" else None)
-
-
-async def _power_hook(request: web.Request, op: str, node: NodeRecord) -> None:
-    """reinstall/reset: next boot from the network, then a power cycle, when bootd has the BMC."""
-    power = request.app.get(POWER)
-    if power is not None and op in ("reinstall", "reset"):
-        await power.after_move(node, actor="api")
+def _operation(request: web.Request) -> Operation:
+    try:
+        return Operation(request.match_info["op"])
+    except ValueError:
+        raise NotFound(f"no operation {request.match_info['op']!r} "
+                       f"(one of {', '.join(o.value for o in Operation)})") from None
 
 
 async def operate_one(request: web.Request) -> web.Response:
-    op = request.match_info["op"]
-    if op not in OPERATIONS:
-        raise NotFound(f"no operation {op!r} (one of {', '.join(OPERATIONS)})")
-    node = await _operate(request.app[REPO], op, request.match_info["name"], await json_body(request))
-    await _power_hook(request, op, node)
+    op, body = _operation(request), await json_body(request)
+    allocating = op is Operation.ALLOCATE
+    result = await lifecycle(request).operate(
+        op, request.match_info["name"], actor=ACTOR, message=_opt_str(body, "message") or "",
+        profile=_opt_str(body, "profile") if allocating else None,
+        rename=_opt_str(body, "name") if allocating else None)
+    return web.json_response(node_json(result.node) if result.node is not None else {})
+
+
+async def operate_many(request: web.Request) -> web.Response:
+    """One operation on many nodes; per-node results, one failure does not stop the rest."""
+    op, body = _operation(request), await json_body(request)
+    allocating = op is Operation.ALLOCATE
+    results = await lifecycle(request).operate_many(
+        op, _selector(body), actor=ACTOR, message=_opt_str(body, "message") or "",
+        profile=_opt_str(body, "profile") if allocating else None,
+        rename=_opt_str(body, "name") if allocating else None)
+    return web.json_response({"results": [
+        {"node": r.name, "ok": True, "state": r.node.state.value} if r.node is not None
+        else {"node": r.name, "ok": False, "error": r.error} for r in results]})
+
+
+async def delete_node(request: web.Request) -> web.Response:
+    """DELETE /api/v1/nodes/NAME[?power_off=1]: power the node off first when asked
+    (its outcome is in the node's events; a failure does not stop the delete)."""
+    node = await lifecycle(request).delete(request.match_info["name"], actor=ACTOR,
+                                           power_off=request.query.get("power_off") in ("1", "true"))
     return web.json_response(node_json(node))
 
 
@@ -195,46 +209,16 @@ def _power_service(request: web.Request) -> PowerService:
 
 async def power_one(request: web.Request) -> web.Response:
     op, power = _power_op(request), _power_service(request)
-    await request.app[REPO].get_node(request.match_info["name"])  # 404 before any BMC traffic
+    await lifecycle(request).node(request.match_info["name"])  # 404 before any BMC traffic
     (result,) = await power.run(op, [request.match_info["name"]], actor="api")
     return web.json_response(result_json(result), status=200 if result.ok else 502)
 
 
 async def power_many(request: web.Request) -> web.Response:
     op, power = _power_op(request), _power_service(request)
-    names = await _select(request.app[REPO], await json_body(request))
+    names = await lifecycle(request).select(_selector(await json_body(request)))
     results = await power.run(op, names, actor="api")
     return web.json_response({"results": [result_json(r) for r in results]})
-
-
-async def delete_node(request: web.Request) -> web.Response:
-    """DELETE /api/v1/nodes/NAME[?power_off=1]: power the node off first when asked."""
-    name = request.match_info["name"]
-    power = request.app.get(POWER)
-    if request.query.get("power_off") in ("1", "true") and power is not None:
-        await request.app[REPO].get_node(name)
-        await power.one(PowerOp.OFF, name, actor="api")  # its outcome is in the node's events
-    node = await _operate(request.app[REPO], "delete", name, {})
-    return web.json_response(node_json(node))
-
-
-async def operate_many(request: web.Request) -> web.Response:
-    """One operation on many nodes; per-node results, one failure does not stop the rest."""
-    op = request.match_info["op"]
-    if op not in OPERATIONS:
-        raise NotFound(f"no operation {op!r} (one of {', '.join(OPERATIONS)})")
-    body = await json_body(request)
-    if op == "allocate" and "name" in body:
-        raise InvalidInput("a new name only makes sense for one node")
-    results = []
-    for name in await _select(request.app[REPO], body):
-        try:
-            node = await _operate(request.app[REPO], op, name, body)
-            await _power_hook(request, op, node)
-            results.append({"node": name, "ok": True, "state": node.state.value})
-        except (Conflict, NotFound, InvalidInput) as exc:
-            results.append({"node": name, "ok": False, "error": str(exc)})
-    return web.json_response({"results": results})
 
 
 def routes() -> list[web.RouteDef]:

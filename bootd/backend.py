@@ -1,0 +1,49 @@
+"""The application layer over one inventory: open the database, build the services.
+
+The CLI and the daemon (app.py) both start here, so an operation run from
+either goes through the same objects: the lifecycle service (every node
+change), the power service (BMCs) and one change feed. Edges (cli/, http/)
+import nothing from db/; this module and app.py are where the database meets
+the services.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from bootd.bmc.service import PowerService
+from bootd.config import Config
+from bootd.db.engine import open_database
+from bootd.db.repository import Repository
+from bootd.feed import ChangeFeed
+from bootd.keys import SecretBox
+from bootd.lifecycle.service import Inventory, Lifecycle
+
+
+@dataclass(frozen=True)
+class Backend:
+    config: Config
+    inventory: Inventory  # reads that are no one service's (leases, a node's token for render)
+    power: PowerService
+    lifecycle: Lifecycle
+    feed: ChangeFeed
+
+
+def build_backend(config: Config, repo: Repository, *, feed: ChangeFeed | None = None,
+                  power: PowerService | None = None) -> Backend:
+    """The services over an open repository (the daemon opens its own, app.py)."""
+    feed = feed if feed is not None else ChangeFeed()
+    power = power if power is not None else PowerService(config, repo)
+    return Backend(config, repo, power, Lifecycle(config, repo, power=power, feed=feed), feed)
+
+
+@asynccontextmanager
+async def open_backend(config: Config) -> AsyncIterator[Backend]:
+    """Open (and migrate) the config's database and build the services; dispose after."""
+    engine = await open_database(config.database_url)
+    try:
+        yield build_backend(config, Repository(engine, SecretBox.from_file(config.secret_key_file)))
+    finally:
+        await engine.dispose()
