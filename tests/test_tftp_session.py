@@ -176,3 +176,25 @@ def test_client_error_and_unexpected_packets_end_the_session() -> None:
     s2.start(0)
     actions = s2.receive(p.Data(1, b"x"), 0)
     assert sends(actions) == [p.Error(4, "expected an ACK")]
+
+
+@pytest.mark.parametrize(("asked", "accepted"), [("1", True), ("5", True), ("6", False), ("255", False)])
+def test_client_timeout_above_the_maximum_is_left_out(asked: str, accepted: bool) -> None:
+    s = ReadSession(rrq({"timeout": asked, "tsize": "0"}), b"abc", Limits(timeout=1.0, max_timeout=5))
+    (oack, timer) = s.start(0.0)
+    assert ("timeout" in p.parse(oack.data).options) is accepted  # type: ignore[union-attr]
+    assert timer == ArmTimer(float(asked) if accepted else 1.0)
+
+
+def test_an_idle_transfer_ends_within_retries_times_the_longest_timeout() -> None:
+    # A client that asks timeout=255 and then never answers (issue 11, 3.4).
+    limits = Limits(timeout=1.0, retries=5, max_timeout=5)
+    s = ReadSession(rrq({"timeout": "255"}), bytes(5000), limits)
+    actions = s.start(0.0)
+    now = 0.0
+    while done(actions) is None:
+        deadline = next(a.deadline for a in actions if isinstance(a, ArmTimer))
+        now = deadline
+        actions = s.timeout(now)
+    assert now <= (limits.retries + 1) * max(limits.timeout, limits.max_timeout)
+    assert now == 6.0

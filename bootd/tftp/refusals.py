@@ -6,6 +6,7 @@ choosing. So the log is rate-limited per reason (this enum), never per peer
 or per message text: a flood writes at most one line per reason per
 interval, whatever it varies, and each line says how many refusals of that
 reason went unlogged since the one before. Every refusal is still counted.
+Failed transfers get a small budget of lines per interval for the same reason.
 The message sent to the client and logged may quote the client's own text
 (the log escapes control characters); it never decides what is remembered.
 """
@@ -17,6 +18,10 @@ import enum
 from bootd.tftp.packet import ErrorCode
 
 LOG_INTERVAL = 60.0
+# Failed transfers are worth a line each (a client that went away mid-file), but a
+# flood of requests from closed or spoofed ports fails transfers as fast as it
+# starts them: at most this many such lines per LOG_INTERVAL, then a count.
+FAILED_LINES = 20
 
 
 class Reason(enum.Enum):
@@ -63,3 +68,23 @@ class RefusalLog:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+
+class LineBudget:
+    """At most `lines` log lines per interval; says how many were held back before the next one."""
+
+    def __init__(self, lines: int = FAILED_LINES, interval: float = LOG_INTERVAL) -> None:
+        self.lines, self.interval = lines, interval
+        self._start = float("-inf")
+        self._used = 0
+        self._unlogged = 0
+
+    def __call__(self, now: float) -> int | None:
+        if now - self._start >= self.interval:
+            self._start, self._used = now, 0
+        if self._used >= self.lines:
+            self._unlogged += 1
+            return None
+        self._used += 1
+        unlogged, self._unlogged = self._unlogged, 0
+        return unlogged

@@ -18,7 +18,8 @@ after (retries + 1) x timeout without progress (session.py clamps the
 client's timeout option). Every table here is keyed by a running or loading
 transfer, except the recently completed requests, which live STALE_REQUEST_WINDOW
 seconds and are capped at max_transfers. Refusals are counted per reason and
-logged once per reason per minute (refusals.py), never keyed by what a peer chose.
+logged once per reason per minute, failed transfers at most FAILED_LINES a
+minute (refusals.py): nothing is keyed by what a peer chose.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from bootd.service import BindError
 from bootd.tftp import packet as p
 from bootd.tftp.cache import FileCache, TooLarge, netascii
 from bootd.tftp.intake import Accept, Refuse, examine
-from bootd.tftp.refusals import Reason, RefusalLog
+from bootd.tftp.refusals import LineBudget, Reason, RefusalLog
 from bootd.tftp.session import MAX_BLKSIZE, Done, Limits, ReadSession
 from bootd.tftp.transfer import TFTP_OVERHEAD, Transfer, transfer_socket
 
@@ -87,6 +88,7 @@ class TftpService:
         # Keyed by a digest: a request may be a 64 KiB datagram of options.
         self._recent: OrderedDict[tuple[Peer, bytes], float] = OrderedDict()
         self.refusals = RefusalLog()
+        self._failed_lines = LineBudget()
         self.counters = {"requests": 0, "complete": 0, "declined": 0, "failed": 0, "refused": 0,
                          "bytes": 0}
 
@@ -239,11 +241,18 @@ class TftpService:
         self.counters["bytes"] += session.bytes_sent
         kind = "failed" if not done.ok else "complete" if session.complete else "declined"
         self.counters[kind] += 1
-        level = logging.DEBUG if done.ok else logging.WARNING
-        if log.isEnabledFor(level):
-            log.log(level, "transfer " + kind, extra=kv(
+        if done.ok:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("transfer " + kind, extra=kv(
+                    peer=f"{transfer.peer[0]}:{transfer.peer[1]}", file=transfer.name, reason=done.reason,
+                    bytes=session.bytes_sent, blksize=session.blksize, windowsize=session.windowsize))
+            return
+        unlogged = self._failed_lines(time.monotonic())
+        if unlogged is not None:
+            log.warning("transfer failed", extra=kv(
                 peer=f"{transfer.peer[0]}:{transfer.peer[1]}", file=transfer.name, reason=done.reason,
-                bytes=session.bytes_sent, blksize=session.blksize, windowsize=session.windowsize))
+                bytes=session.bytes_sent, blksize=session.blksize, windowsize=session.windowsize,
+                unlogged=unlogged or None))
 
     def _refuse(self, local: str, peer: Peer, refusal: Refuse) -> None:
         """Answer with an error from a fresh port (RFC 1350: errors come from a transfer TID)."""
