@@ -70,6 +70,7 @@ def bootd_config(tmp: Path, root: Path) -> Path:
         http = false
         [tftp]
         max_transfers = 1000
+        max_per_client = 1000
         """))
     return path
 

@@ -63,6 +63,8 @@ class Rig:
             # trigger one, RFC 1123 4.2.3.1); keep the loss tests short.
             timeout = 0.2
             retries = 20
+            # 200 transfers at once come from the one client namespace below.
+            max_per_client = 256
             [[subnets]]
             cidr = "198.18.0.0/24"
             dynamic_pool = "198.18.0.100-198.18.0.199"
