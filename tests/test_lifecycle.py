@@ -24,12 +24,12 @@ from bootd.errors import Conflict, InvalidInput
 from bootd.http.boot import POLICY
 from bootd.http.server import build_app
 from bootd.keys import SecretBox
-from bootd.tasks import APPLIED
 from bootd.lifecycle import LifecycleService, overdue
 from bootd.model.events import Timeout
 from bootd.model.lifecycle import BOOT, DEFAULT_TIMEOUTS, TRANSITIONS, Actor, Boot, allowed, apply
 from bootd.model.records import NewNode
 from bootd.model.states import NodeState as S
+from bootd.tasks import APPLIED
 
 GOLDEN = Path(__file__).parent / "golden"
 TOKEN = "operator-token"
@@ -381,7 +381,8 @@ async def test_agent_self_tasks_and_bmc(client: TestClient, repo: Repository, tm
     me = {"Authorization": f"Bearer {await repo.node_token('a')}"}
     bmc = await (await client.get("/api/v1/nodes/a/tasks/bmc", headers=me)).text()
     password = re.search(r"user set password 3 (\S+)", bmc).group(1)  # type: ignore[union-attr]
-    applied = await client.post("/api/v1/nodes/a/tasks/bmc", data=f"{APPLIED}\n", headers={**me, "X-Task-Status": "0"})
+    applied = await client.post("/api/v1/nodes/a/tasks/bmc", data=f"{APPLIED}\n",
+                                headers={**me, "X-Task-Status": "0"})
     assert applied.status == 200
     assert (await repo.bmc_credentials("a")).password == password
     listed = await (await client.get("/api/v1/nodes/a", headers=AUTH)).text()
@@ -405,7 +406,8 @@ async def test_agent_finds_its_node_after_a_rename(client: TestClient, repo: Rep
                           profile="rocky-9", rename="r2-n01")
     # Allocation rotated the token: the old one is refused, the new one (which the agent
     # fetches from /boot/identity) finds the node under its old name too.
-    old = await client.get("/api/v1/nodes/node-525400000a0a/self", headers={"Authorization": f"Bearer {token}"})
+    old = await client.get("/api/v1/nodes/node-525400000a0a/self",
+                           headers={"Authorization": f"Bearer {token}"})
     assert old.status == 403
     me = {"Authorization": f"Bearer {await repo.node_token('r2-n01')}"}
     view = await (await client.get("/api/v1/nodes/node-525400000a0a/self", headers=me)).json()

@@ -215,12 +215,14 @@ def apply(node: NodeRecord, event: Event, now: datetime, rules: Rules = NO_RULES
         case Timeout(limit_seconds=limit, budget=budget):
             return _timeout(node, limit, budget, now, rules)
         case Allocate(profile=profile, rename=rename, message=text):
-            _check(node, S.HARDWARE_INSTALLING, Actor.OPERATOR)
+            # The arguments first (400), then whether the node can move (409).
             chosen = profile if profile is not None else node.profile
+            if chosen:
+                chosen = known_profile(chosen, rules.profiles, f"allocating node {node.name}: ")
+            new = None if rename is None or node_name(rename) == node.name else node_name(rename)
+            _check(node, S.HARDWARE_INSTALLING, Actor.OPERATOR)
             if not chosen:
                 raise InvalidInput(f"allocating node {node.name} needs a profile")
-            chosen = known_profile(chosen, rules.profiles, f"allocating node {node.name}: ")
-            new = None if rename is None or node_name(rename) == node.name else node_name(rename)
             text = _message(text)
             move = _move(node, S.HARDWARE_INSTALLING, now,
                          (text + " " if text else "") + f"allocated profile={chosen}",
