@@ -66,10 +66,11 @@ def build_services(config: Config, repo: Repository) -> list[Service]:
     feed = ChangeFeed()
     policy = Policy(config, repo, feed)
     power = PowerService(config, repo)
-    services: list[Service] = [policy, LifecycleService(config, repo, power=power)]
+    lifecycle = LifecycleService(config, repo, power=power, feed=feed)  # every node change: one service
+    services: list[Service] = [policy, lifecycle]
     if config.services.http:
         services.append(HttpService(config, repo, api_token(config.http.api_token_file), policy=policy,
-                                    tasks=Tasks(config, repo), power=power))
+                                    tasks=Tasks(config, repo), power=power, reports=lifecycle.lifecycle))
     if config.services.dhcp:
         services.append(DhcpService(config, repo, policy))
     if config.services.tftp:
