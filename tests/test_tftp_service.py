@@ -24,6 +24,7 @@ import pytest
 from conftest import free_port_udp
 
 from bootd.config import load_config
+from bootd.errors import ConfigError
 from bootd.tftp import packet as p
 from bootd.tftp.cache import netascii
 from bootd.tftp.refusals import FAILED_LINES, Reason
@@ -296,3 +297,10 @@ async def test_a_flood_of_hostile_requests_leaves_bounded_tables_and_a_working_s
     _, got = await fetch(service.port, "undionly.kpxe", options={"blksize": "1400"})
     assert hashlib.sha256(got).digest() == hashlib.sha256(
         (service.files.root / "undionly.kpxe").read_bytes()).digest()
+
+
+@pytest.mark.parametrize(("line", "key"), [("max_per_client = 0", "max_per_client"),
+                                           ("max_timeout = 256", "max_timeout")])
+async def test_limits_out_of_range_name_the_key(start: Start, line: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        await start(line + "\n")
