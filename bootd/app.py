@@ -23,8 +23,10 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 import netifaces
+from aiohttp import web
 
 from bootd import __version__, logs
+from bootd.backend import build_backend
 from bootd.bmc.service import PowerService
 from bootd.config import Config, check_host, load_config
 from bootd.db.engine import open_database
@@ -32,9 +34,9 @@ from bootd.db.repository import Repository
 from bootd.dhcp.server import DhcpService
 from bootd.errors import BootdError, ConfigError
 from bootd.feed import ChangeFeed
-from bootd.http.server import HttpService
+from bootd.http.server import HttpService, build_app
 from bootd.keys import SecretBox, api_token
-from bootd.lifecycle import LifecycleService
+from bootd.lifecycle import Lifecycle, LifecycleService
 from bootd.logs import kv
 from bootd.policy import Policy
 from bootd.sdnotify import Notifier
@@ -62,15 +64,30 @@ def host_interfaces() -> list[str]:
 ServiceFactory = Callable[[Config, Repository], list[Service]]
 
 
-def build_services(config: Config, repo: Repository) -> list[Service]:
+def http_app(repo: Repository, api_token: str, config: Config, power: PowerService | None = None, *,
+             policy: Policy | None = None, lifecycle: Lifecycle | None = None,
+             tasks: Tasks | None = None) -> web.Application:
+    """The HTTP application over `repo`, with whatever services are not given made
+    here (one feed shared by the lifecycle and the policy). The daemon passes its own."""
     feed = ChangeFeed()
-    policy = Policy(config, repo, feed)
-    power = PowerService(config, repo)
-    lifecycle = LifecycleService(config, repo, power=power, feed=feed)  # every node change: one service
-    services: list[Service] = [policy, lifecycle]
+    if lifecycle is None:
+        lifecycle = Lifecycle(config, repo, power=power, feed=feed)
+    return build_app(config, api_token, inventory=repo, lifecycle=lifecycle,
+                     policy=policy if policy is not None else Policy(config, repo, feed),
+                     tasks=tasks if tasks is not None else Tasks(config, repo), power=power)
+
+
+def build_services(config: Config, repo: Repository) -> list[Service]:
+    backend = build_backend(config, repo)
+    policy = Policy(config, repo, backend.feed)
+    # Every node change goes through backend.lifecycle; this service is its timer.
+    timer = LifecycleService(config, repo, power=backend.power, feed=backend.feed,
+                             lifecycle=backend.lifecycle)
+    services: list[Service] = [policy, timer]
     if config.services.http:
-        services.append(HttpService(config, repo, api_token(config.http.api_token_file), policy=policy,
-                                    tasks=Tasks(config, repo), power=power, reports=lifecycle.lifecycle))
+        app = http_app(repo, api_token(config.http.api_token_file), config, backend.power,
+                       policy=policy, lifecycle=backend.lifecycle, tasks=Tasks(config, repo))
+        services.append(HttpService(app, config))
     if config.services.dhcp:
         services.append(DhcpService(config, repo, policy))
     if config.services.tftp:

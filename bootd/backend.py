@@ -18,8 +18,9 @@ from bootd.config import Config
 from bootd.db.engine import open_database
 from bootd.db.repository import Repository
 from bootd.feed import ChangeFeed
+from bootd.inventory import Inventory
 from bootd.keys import SecretBox
-from bootd.lifecycle.service import Inventory, Lifecycle
+from bootd.lifecycle.service import Lifecycle
 
 
 @dataclass(frozen=True)

@@ -39,10 +39,7 @@ class NodeView:
 
 def view_of(node: NodeRecord | DirectoryEntry, mac: str | None = None, token: str = "") -> NodeView:
     """The one way to make a NodeView from what the inventory holds."""
-    if isinstance(node, DirectoryEntry):
-        boot_mac = node.mac
-    else:
-        boot_mac = node.boot_mac or "00:00:00:00:00:00"
+    boot_mac = node.mac if isinstance(node, DirectoryEntry) else node.boot_mac or "00:00:00:00:00:00"
     return NodeView(node.name, mac or boot_mac, node.state, node.profile, token, node.admin_ip)
 
 

@@ -230,10 +230,14 @@ class Policy:
                           operator: bool = False) -> str:
         """HTTP's way in: like `script`, but waits briefly for a registration that
         this machine's own DHCP exchange started a moment ago."""
+        # One cheap stamp query: HTTP (once per boot) answers from the same directory
+        # as TFTP and DHCP, never older than the last committed change.
+        await self.refresh()
         pending = self._pending.get(mac)
         if mac not in self._nodes and pending is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(pending.wait(), REGISTER_WAIT)
+            await self.refresh()
         return self.script(kind, mac, peer, operator=operator)
 
     async def identity(self, mac: str, peer: IPv4Address | None) -> tuple[str, str]:

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from conftest import loopback_config
 from ipmi_sim import IpmiSim
 
+from bootd.app import http_app
 from bootd.bmc.controller import BmcError, ErrorKind, IpmiController, Outcome, PowerOp
 from bootd.bmc.service import PowerService
 from bootd.bmc.throttle import KeyedLocks, Throttle
@@ -23,7 +24,6 @@ from bootd.cli import main
 from bootd.config import Config, parse_config
 from bootd.db.engine import open_database
 from bootd.db.repository import Repository
-from bootd.http.server import build_app
 from bootd.keys import SecretBox
 from bootd.model.lifecycle import Actor
 from bootd.model.records import NewNode
@@ -173,7 +173,7 @@ async def test_reinstall_sets_pxe_and_cycles(repo: Repository, sims: list[IpmiSi
     await repo.transition("n0", S.HARDWARE_INSTALLING, Actor.OPERATOR, actor="t", profile="rocky-9")
     for target in (S.HARDWARE_INSTALLED, S.INSTALLING, S.INSTALLED, S.READYING, S.READY):
         await repo.transition("n0", target, Actor.NODE, actor="node")
-    app = build_app(repo, TOKEN, config, PowerService(config, repo))
+    app = http_app(repo, TOKEN, config, PowerService(config, repo))
     async with TestClient(TestServer(app)) as client:
         resp = await client.post("/api/v1/nodes/n0/reinstall", headers=AUTH)
         assert resp.status == 200

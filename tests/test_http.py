@@ -9,11 +9,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import loopback_config
 
+from bootd.app import http_app
 from bootd.config import parse_config
 from bootd.db.engine import open_database
 from bootd.db.repository import Repository
 from bootd.errors import DatabaseUnavailable
-from bootd.http.server import build_app
 from bootd.keys import SecretBox
 from bootd.model.records import NewNode
 
@@ -31,7 +31,7 @@ async def repo(tmp_path: Path) -> AsyncIterator[Repository]:
 
 @pytest.fixture
 async def client(repo: Repository) -> AsyncIterator[TestClient]:
-    async with TestClient(TestServer(build_app(repo, TOKEN, CONFIG))) as c:
+    async with TestClient(TestServer(http_app(repo, TOKEN, CONFIG))) as c:
         yield c
 
 
@@ -108,7 +108,7 @@ class _BrokenRepository:
 
 
 async def test_database_failure_is_503_with_reason() -> None:
-    app = build_app(_BrokenRepository(), TOKEN, CONFIG)  # type: ignore[arg-type]
+    app = http_app(_BrokenRepository(), TOKEN, CONFIG)  # type: ignore[arg-type]
     async with TestClient(TestServer(app)) as c:
         health = await c.get("/healthz")
         assert health.status == 503

@@ -16,13 +16,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from conftest import loopback_config
 
 from bootd import boot
+from bootd.app import http_app
 from bootd.boot import NodeView
 from bootd.config import Config, parse_config
 from bootd.db.engine import open_database
 from bootd.db.repository import Repository
 from bootd.errors import Conflict, InvalidInput
 from bootd.http.boot import POLICY
-from bootd.http.server import build_app
 from bootd.keys import SecretBox
 from bootd.lifecycle import LifecycleService, overdue
 from bootd.model.events import Timeout
@@ -217,7 +217,7 @@ async def client(repo: Repository, tmp_path: Path) -> AsyncIterator[TestClient]:
     images = config.tftp_root / "images" / "discovery"
     images.mkdir(parents=True)
     (images / "vmlinuz").write_bytes(bytes(range(256)) * 4096)
-    async with TestClient(TestServer(build_app(repo, TOKEN, config))) as c:
+    async with TestClient(TestServer(http_app(repo, TOKEN, config))) as c:
         yield c
 
 

@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from conftest import loopback_config
 from test_lifecycle import CONFIG_EXTRA, Clock
 
+from bootd.app import http_app
 from bootd.bmc.controller import Outcome, PowerOp
 from bootd.bmc.service import PowerService
 from bootd.cli import main
@@ -28,7 +29,6 @@ from bootd.db.repository import Repository
 from bootd.errors import Conflict, InvalidInput
 from bootd.feed import ChangeFeed, NodeChanged
 from bootd.http.api import LIFECYCLE
-from bootd.http.server import build_app
 from bootd.keys import SecretBox
 from bootd.lifecycle import Lifecycle, LifecycleService, Operation, Selector
 from bootd.model.events import NodeReport, Reset
@@ -138,7 +138,7 @@ def test_cli_refuses_an_unknown_profile(write_config: Any, capsys: pytest.Captur
 
 async def test_api_refuses_an_unknown_profile(lifecycle: Lifecycle, repo: Repository) -> None:
     await discovered(lifecycle, "n1", "52:54:00:00:10:01")
-    app = build_app(repo, TOKEN, lifecycle.config)
+    app = http_app(repo, TOKEN, lifecycle.config)
     async with TestClient(TestServer(app)) as client:
         one = await client.post("/api/v1/nodes/n1/allocate", json={"profile": "nosuch"}, headers=AUTH)
         assert one.status == 400 and "known: custom, rhel-5.6" in (await one.json())["error"]
@@ -215,7 +215,7 @@ async def test_cli_api_and_callbacks_write_the_same_rows(lifecycle: Lifecycle, r
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     # The API, with the daemon's lifecycle service under LIFECYCLE, and the CLI.
     await discovered(lifecycle, "api", "52:54:00:00:30:01")
-    app = build_app(repo, TOKEN, lifecycle.config)
+    app = http_app(repo, TOKEN, lifecycle.config)
     app[LIFECYCLE] = lifecycle
     async with TestClient(TestServer(app)) as client:
         assert (await client.post("/api/v1/nodes/api/allocate", json={"profile": "rocky-9"},

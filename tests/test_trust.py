@@ -16,11 +16,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from conftest import loopback_config
 from sqlalchemy.exc import IntegrityError
 
+from bootd.app import http_app
 from bootd.config import Config, parse_config
 from bootd.db.engine import open_database
 from bootd.db.repository import Repository, _reason
 from bootd.feed import ChangeFeed
-from bootd.http.server import build_app
 from bootd.keys import SecretBox
 from bootd.model.clients import Arch, BootClient, Firmware
 from bootd.model.records import NewNode
@@ -63,7 +63,7 @@ def policy(config: Config, repo: Repository) -> Policy:
 
 @pytest.fixture
 async def client(repo: Repository, config: Config, policy: Policy) -> AsyncIterator[TestClient]:
-    app = build_app(repo, TOKEN, config, policy=policy, tasks=Tasks(config, repo))
+    app = http_app(repo, TOKEN, config, policy=policy, tasks=Tasks(config, repo))
     async with TestClient(TestServer(app)) as c:
         yield c
 

@@ -47,6 +47,7 @@ from bootd.model.records import (
 from bootd.model.states import NodeState
 
 Clock = Callable[[], datetime]
+_PG_BMC_LOCK = 0x626D6331  # "bmc1": advisory lock key for BMC address reservations
 
 
 def utcnow() -> datetime:
@@ -147,7 +148,8 @@ class Repository:
         None if its MAC belongs to a node already (another process was faster)."""
         mac = mac_address(mac)
         try:
-            node = await self.add_node(NewNode(f"node-{mac.replace(':', '')}", (mac,), origin="booted"), actor=actor)
+            spec = NewNode(f"node-{mac.replace(':', '')}", (mac,), origin="booted")
+            node = await self.add_node(spec, actor=actor)
         except Conflict:
             return None
         if location is not None:
@@ -361,6 +363,10 @@ class Repository:
         free. A second call replaces the node's earlier reservation."""
         sealed = self._secrets.seal(password)
         async with self._tx(write=True) as s:
+            if self._dialect == "postgresql":
+                # READ COMMITTED: serialise reservations (SQLite's BEGIN IMMEDIATE does);
+                # the unique index stays the backstop.
+                await s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_BMC_LOCK})
             node = await self._load(s, name)
             old = await s.scalar(select(t.BmcPending).where(t.BmcPending.node_id == node.id))
             if old is not None:

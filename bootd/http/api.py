@@ -17,7 +17,8 @@ from bootd import __version__
 from bootd.bmc.controller import PowerOp
 from bootd.bmc.service import PowerService, Result
 from bootd.errors import BootdError, InvalidInput, NotFound
-from bootd.lifecycle import Inventory, Lifecycle, Operation, Selector
+from bootd.inventory import Inventory
+from bootd.lifecycle import Lifecycle, Operation, Selector
 from bootd.model.records import EventRecord, LeaseRecord, NodeRecord
 
 REPO = web.AppKey("repository", Inventory)  # health and leases; nodes go through LIFECYCLE
@@ -71,18 +72,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def lifecycle(request: web.Request) -> Lifecycle:
-    """The daemon's lifecycle service (app key LIFECYCLE, or the node-reports one).
-    Interim, for apps built without one (tests): a service over the app's
-    repository, without a change feed."""
-    found = request.app.get(LIFECYCLE)
-    if found is not None:
-        return found
-    from bootd.http import boot  # boot imports this module: only at run time
-
-    reports = request.app.get(boot.REPORTS)
-    if isinstance(reports, Lifecycle):
-        return reports
-    return Lifecycle(request.app[boot.SETTINGS].config, request.app[REPO], power=request.app.get(POWER))
+    return request.app[LIFECYCLE]
 
 
 async def list_nodes(request: web.Request) -> web.Response:

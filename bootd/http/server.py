@@ -18,14 +18,12 @@ from aiohttp import web
 
 from bootd.bmc.service import PowerService
 from bootd.config import Config
-from bootd.db.repository import Repository
 from bootd.errors import BootdError, Conflict, DatabaseUnavailable, InvalidInput, NotFound
 from bootd.http import agent, api, boot
-from bootd.http.boot import NodeReports, bearer, same_token
+from bootd.http.boot import bearer, same_token
+from bootd.inventory import Inventory
+from bootd.lifecycle import Lifecycle
 from bootd.logs import kv
-from bootd.model.lifecycle import Actor
-from bootd.model.records import NodeRecord
-from bootd.model.states import NodeState
 from bootd.policy import Policy
 from bootd.service import BindError
 from bootd.tasks import Tasks
@@ -57,7 +55,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise
         return _error(exc.status, exc.reason)
     except (NotFound, Conflict, InvalidInput, DatabaseUnavailable) as exc:
-        status = STATUS[type(exc)]
+        status = next(code for kind, code in STATUS.items() if isinstance(exc, kind))
         if status >= 500:
             log.error("request failed", extra=kv(path=_where(request), reason=str(exc)))
         return _error(status, str(exc))
@@ -85,32 +83,15 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     return await handler(request)
 
 
-class _RepoReports:
-    """Interim: node reports straight to the repository, until the lifecycle service lands."""
-
-    def __init__(self, repo: Repository) -> None:
-        self._repo = repo
-
-    async def report(self, name: str, target: NodeState, *, expect: NodeState | None = None,
-                     inventory: str | None = None, message: str = "") -> NodeRecord:
-        return await self._repo.transition(name, target, Actor.NODE, actor=f"node:{name}", message=message,
-                                           expect=expect, inventory=inventory)
-
-
-def build_app(repo: Repository, api_token: str, config: Config, power: PowerService | None = None, *,
-              policy: Policy | None = None, reports: NodeReports | None = None,
-              tasks: Tasks | None = None) -> web.Application:
-    """The application; what is not given is made over `repo` (tests, and the daemon
-    when it has nothing to share)."""
-    policy = policy if policy is not None else Policy(config, repo)
-    reports = reports if reports is not None else _RepoReports(repo)
-    tasks = tasks if tasks is not None else Tasks(config, repo)
+def build_app(config: Config, api_token: str, *, inventory: Inventory, policy: Policy,
+              lifecycle: Lifecycle, tasks: Tasks, power: PowerService | None = None) -> web.Application:
     app = web.Application(middlewares=[errors, auth], client_max_size=1024**2)
-    app[api.REPO] = repo
+    app[api.REPO] = inventory
+    app[api.LIFECYCLE] = lifecycle
     if power is not None:
         app[api.POWER] = power
     app[boot.POLICY] = policy
-    app[boot.REPORTS] = reports
+    app[boot.REPORTS] = lifecycle
     app[agent.TASKS] = tasks
     app[boot.SETTINGS] = boot.Settings(config)
     app[boot.OPERATOR] = api_token
@@ -125,10 +106,9 @@ def build_app(repo: Repository, api_token: str, config: Config, power: PowerServ
 class HttpService:
     name = "http"
 
-    def __init__(self, config: Config, repo: Repository, api_token: str, *, policy: Policy,
-                 tasks: Tasks, reports: NodeReports | None = None, power: PowerService | None = None) -> None:
+    def __init__(self, app: web.Application, config: Config) -> None:
         self._host, self._port = config.http.host, config.http.port
-        self._app = build_app(repo, api_token, config, power, policy=policy, reports=reports, tasks=tasks)
+        self._app = app
         self._runner = web.AppRunner(self._app, access_log=None)
         self._site: web.TCPSite | None = None
 
@@ -159,3 +139,4 @@ class HttpService:
         # Profiles, install settings: the next rendered script uses them. The
         # listen address needs a restart.
         self._app[boot.SETTINGS].config = config
+        self._app[agent.TASKS].reconfigure(config)

@@ -55,9 +55,6 @@ from bootd.model.states import NodeState
 
 log = logging.getLogger("bootd.lifecycle")
 Clock = Callable[[], datetime]
-# The inventory the service persists to: edges name it by this alias (an app key's
-# type, say) and never import bootd.db themselves.
-Inventory = Repository
 
 
 class Operation(enum.StrEnum):
