@@ -21,6 +21,9 @@ section 7). PostgreSQL alters tables in place and keeps checking its keys.
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import time
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -53,6 +56,25 @@ def _sqlite_path(url: str) -> Path | None:
     return None
 
 
+def _ensure_wal(path: Path) -> None:
+    """Switch the file to WAL once, before the engine's connections open it (the mode
+    is stored in the file). Two connections switching a fresh file at once deadlock
+    in SQLite's locking, and one of them gets "database is locked" at once, without
+    waiting out busy_timeout (seen with three concurrent starts): so one short
+    connection per try, and a few tries."""
+    for attempt in range(100):
+        raw = sqlite3.connect(path, timeout=30, isolation_level=None)
+        try:
+            raw.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 99:
+                raise
+        finally:
+            raw.close()
+        time.sleep(0.01)
+
+
 def create_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
         path = _sqlite_path(url)
@@ -71,8 +93,9 @@ def _sqlite_events(engine: AsyncEngine) -> None:
         # its own deferred BEGIN); the "begin" hook below issues ours.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON",
-                       "busy_timeout=30000"):
+        # journal_mode: WAL is already stored in the file (_ensure_wal, at migrate)
+        # and a no-op then; it stays here for an engine used before migrating.
+        for pragma in ("busy_timeout=30000", "journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
             cur.execute(f"PRAGMA {pragma}")
         cur.close()
 
@@ -155,6 +178,9 @@ async def downgrade(engine: AsyncEngine, revision: str) -> None:
 
 async def _migrating(engine: AsyncEngine, step: Callable[[Connection], None]) -> None:
     try:
+        path = _sqlite_path(engine.url.render_as_string(hide_password=False))
+        if path is not None:
+            await asyncio.to_thread(_ensure_wal, path)
         async with engine.connect() as conn:
             conn = await conn.execution_options(**{WRITE: True})
             await conn.run_sync(_sqlite_foreign_keys, False)
@@ -174,7 +200,7 @@ async def _migrating(engine: AsyncEngine, step: Callable[[Connection], None]) ->
                     await conn.run_sync(_sqlite_foreign_keys, True)
     except MigrationBroke:
         raise
-    except (SQLAlchemyError, OSError) as exc:
+    except (SQLAlchemyError, OSError, sqlite3.Error) as exc:
         raise DatabaseUnavailable(f"cannot open or migrate the database: {_reason(exc)}") from None
 
 
