@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 from bootd.config import Config
 from bootd.errors import InvalidInput
+from bootd.installnet import install_network
 from bootd.model.lifecycle import BOOT, Boot
 from bootd.model.profiles import ANSWER_FILE, Family, Profile
 from bootd.model.records import DirectoryEntry, NodeRecord
@@ -35,12 +36,14 @@ class NodeView:
     profile: str | None = None
     token: str = ""
     admin_ip: IPv4Address | None = None
+    leased: IPv4Address | None = None  # the address bootd leased it, where known: its subnet
 
 
-def view_of(node: NodeRecord | DirectoryEntry, mac: str | None = None, token: str = "") -> NodeView:
+def view_of(node: NodeRecord | DirectoryEntry, mac: str | None = None, token: str = "",
+            leased: IPv4Address | None = None) -> NodeView:
     """The one way to make a NodeView from what the inventory holds."""
     boot_mac = node.mac if isinstance(node, DirectoryEntry) else node.boot_mac or "00:00:00:00:00:00"
-    return NodeView(node.name, mac or boot_mac, node.state, node.profile, token, node.admin_ip)
+    return NodeView(node.name, mac or boot_mac, node.state, node.profile, token, node.admin_ip, leased)
 
 
 def profile_of(view: NodeView, config: Config, override: str | None = None) -> Profile | None:
@@ -84,19 +87,38 @@ def target(view: NodeView, config: Config, profile_name: str | None = None) -> B
 
 
 def installer_args(view: NodeView, profile: Profile, config: Config) -> tuple[str, ...]:
+    """The installer's kernel command line. It carries what the installer must know
+    before it can fetch its answer file, so that nothing stops it on an isolated
+    admin network (bootd.installnet): no router, no name server, the domain."""
     urls = install_urls(view, config)
     tree = profile.tree_url(config.http_base)
+    net = install_network(config, view.admin_ip, view.leased)
     if profile.family is Family.PRESEED:
+        # d-i reads foo/bar=value into debconf as answered, empty values too (env2debconf).
         args: tuple[str, ...] = ("auto=true", "priority=critical", f"url={urls['preseed']}",
                                  "netcfg/choose_interface=auto", f"hostname={view.name}",
-                                 "domain=", "interface=auto")
+                                 f"domain={net.domain}", "interface=auto")
+        if net.known:
+            if net.router is None:
+                args += ("netcfg/no_default_route=true",)
+            # Asked only when DHCP gave no name server; one fits without quoting, which
+            # iPXE, pxelinux and GRUB would each treat differently.
+            first = str(net.name_servers[0]) if net.name_servers else ""
+            args += (f"netcfg/get_nameservers={first}",)
     elif profile.family is Family.AUTOINSTALL:
+        # casper's ip=dhcp asks nothing; subiquity's network comes from the user-data.
         args = ("ip=dhcp", f"url={tree}", "autoinstall", f"ds=nocloud-net;s={urls['seed']}",
                 "cloud-config-url=/dev/null")
     elif profile.family is Family.KICKSTART_RHEL5:
+        # RHEL 5's loader takes DHCP's answer as it is (no router is no question);
+        # dns= is its own spelling, comma-separated.
         args = (f"ks={urls['kickstart']}", "ksdevice=bootif", f"method={tree}")
+        if net.name_servers:
+            args += ("dns=" + ",".join(map(str, net.name_servers)),)
     else:
-        args = (f"inst.ks={urls['kickstart']}", f"inst.repo={tree}", "ip=dhcp")
+        # dracut: ip=dhcp uses the lease as it is, without a gateway when there is none.
+        args = (f"inst.ks={urls['kickstart']}", f"inst.repo={tree}", "ip=dhcp",
+                *(f"nameserver={a}" for a in net.name_servers))
     return (*args, *profile.extra_args.split(), "console=tty0", "console=ttyS0,115200n8")
 
 
@@ -120,13 +142,15 @@ def answer(kind: str, view: NodeView, config: Config, profile_name: str | None =
         raise InvalidInput(f"profile {profile.name} ({profile.family.value}) uses a "
                            f"{ANSWER_FILE[profile.family]}, not a {kind}")
     urls = install_urls(view, config)
-    subnet = config.subnet_for(view.admin_ip) if view.admin_ip is not None else None
+    net = install_network(config, view.admin_ip, view.leased)
+    netmask = net.netmask_of(view.admin_ip)
     node = SimpleNamespace(
         name=view.name, mac=view.mac,
         admin_ip=None if view.admin_ip is None else str(view.admin_ip),
-        netmask=None if subnet is None else str(subnet.cidr.netmask),
-        gateway=None if subnet is None or subnet.router is None else str(subnet.router),
-        domain="" if subnet is None or subnet.domain is None else subnet.domain)
+        netmask=None if netmask is None else str(netmask),
+        gateway=None if net.router is None else str(net.router),
+        name_servers=[str(a) for a in net.name_servers],
+        domain=net.domain)
     install = SimpleNamespace(root_password_hash=config.install.root_password_hash,
                               ssh_keys=list(config.install.ssh_keys), disk=config.install.disk,
                               timezone=config.install.timezone)

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 
 from bootd import boot
@@ -224,7 +224,10 @@ class Policy:
             raise NotLeaseHolder(
                 f"{peer or 'this peer'} does not hold bootd's lease for {mac}; a {entry.state.value} "
                 "script carries the node's token and goes only to the lease holder or the operator")
-        return boot.script(kind, self.view(mac, with_token=trusted), self.config)
+        view = self.view(mac, with_token=trusted)
+        if self.holds_lease(peer, mac):  # its subnet, for the installer's network (bootd.installnet)
+            view = replace(view, leased=peer)
+        return boot.script(kind, view, self.config)
 
     async def boot_script(self, kind: str, mac: str, peer: IPv4Address | None, *,
                           operator: bool = False) -> str:
@@ -274,7 +277,8 @@ class Policy:
             return "#cloud-config\n{}\n"
         if kind not in boot.ANSWER_KINDS:
             raise NotFound(f"no install file {kind!r}")
-        return boot.answer(kind, boot.view_of(node, token=token), self.config)
+        leased = next((ip for ip, m in self._macs_by_ip.items() if m == node.boot_mac), None)
+        return boot.answer(kind, boot.view_of(node, token=token, leased=leased), self.config)
 
     async def boot_mac(self, name: str) -> str:
         """The boot MAC of node `name` (NotFound if there is no such node or it has none)."""

@@ -71,14 +71,21 @@ class Variant:
 VARIANTS = (
     Variant("static-keys",
             dict(name="r1-n07", mac="52:54:00:12:34:56", admin_ip="198.18.0.37",
-                 netmask="255.255.255.0", gateway="198.18.0.1", domain="rack1.example"),
+                 netmask="255.255.255.0", gateway="198.18.0.1", domain="rack1.example",
+                 name_servers=["198.18.0.53", "198.18.0.54"]),
             dict(root_password_hash=SHA512, ssh_keys=list(KEYS), disk="sda", timezone="Europe/Berlin"),
             tricky_firstboot=False),
     Variant("dhcp-nokeys",
             dict(name="r2-n11", mac="52:54:00:ab:cd:ef", admin_ip=None, netmask=None, gateway=None,
-                 domain=""),
+                 domain="", name_servers=[]),
             dict(root_password_hash="!", ssh_keys=[], disk="", timezone="UTC"),
             tricky_firstboot=True),
+    # An isolated admin network (what `bootd init` writes): no router, no name server.
+    Variant("static-routerless",
+            dict(name="r3-n02", mac="52:54:00:00:03:02", admin_ip="198.18.0.41",
+                 netmask="255.255.255.0", gateway=None, domain="bootd.internal", name_servers=[]),
+            dict(root_password_hash="!", ssh_keys=[], disk="vda", timezone="UTC"),
+            tricky_firstboot=False),
 )
 PROFILES = {RHEL5: "rhel-5.6", ROCKY9: "rocky-9", PRESEED: "ubuntu-20.04", USER_DATA: "ubuntu-24.04"}
 
@@ -301,9 +308,13 @@ def test_kickstart_settings(template: str, variant: Variant) -> None:
     assert net.hostname == fqdn
     if variant.node["admin_ip"]:
         assert (net.bootProto, net.ip, net.netmask, net.gateway) == (
-            "static", variant.node["admin_ip"], variant.node["netmask"], variant.node["gateway"])
+            "static", variant.node["admin_ip"], variant.node["netmask"], variant.node["gateway"] or "")
+        # Only name servers that answer; none: --nodns, so anaconda configures none.
+        assert net.nameserver == ",".join(variant.node["name_servers"])  # type: ignore[arg-type]
+        assert bool(net.nodns) == (not variant.node["name_servers"])
     else:
         assert net.bootProto == "dhcp"
+        assert (net.gateway, net.nameserver, net.nodns) == ("", "", False)
     if template == ROCKY9:
         assert net.device == variant.node["mac"]
     if variant.install["disk"]:
@@ -411,8 +422,11 @@ def test_preseed_settings(variant: Variant) -> None:
         assert value["netcfg/disable_autoconfig"] == "true"
         assert value["netcfg/get_ipaddress"] == variant.node["admin_ip"]
         assert value["netcfg/get_netmask"] == variant.node["netmask"]
-        assert value["netcfg/get_gateway"] == variant.node["gateway"]
+        assert value["netcfg/get_gateway"] == (variant.node["gateway"] or "")
         assert value["netcfg/confirm_static"] == "true"
+        # netcfg, run again by early_command, must not ask about the route or DNS.
+        assert value.get("netcfg/no_default_route") == (None if variant.node["gateway"] else "true")
+        assert value["netcfg/get_nameservers"] == " ".join(variant.node["name_servers"])  # type: ignore[arg-type]
     else:
         assert "netcfg/get_ipaddress" not in value
 
@@ -474,8 +488,14 @@ def test_user_data_is_autoinstall_yaml(variant: Variant) -> None:
     assert eth["match"] == {"macaddress": variant.node["mac"]}
     if variant.node["admin_ip"]:
         assert eth["addresses"] == [f"{variant.node['admin_ip']}/24"]
-        assert eth["routes"] == [{"to": "default", "via": variant.node["gateway"]}]
+        if variant.node["gateway"]:
+            assert eth["routes"] == [{"to": "default", "via": variant.node["gateway"]}]
+        else:  # an isolated admin network: no route at all
+            assert "routes" not in eth and "gateway4" not in eth
         assert auto["user-data"]["fqdn"] == f"{variant.node['name']}.{variant.node['domain']}"
+        servers = eth["nameservers"]
+        assert servers.get("addresses", []) == variant.node["name_servers"]
+        assert servers["search"] == [variant.node["domain"]]
     else:
         assert eth["dhcp4"] is True
         assert "addresses" not in eth
@@ -527,3 +547,150 @@ def test_user_data_commands_run(variant: Variant, fail: str, sandbox: Sandbox) -
 def test_validators_are_installed() -> None:
     assert KSVALIDATOR.is_file() and os.access(KSVALIDATOR, os.X_OK), KSVALIDATOR
     assert os.access(DEBCONF_SET_SELECTIONS, os.X_OK), DEBCONF_SET_SELECTIONS
+
+
+# --- the installer's network, from bootd's config (bootd.boot, bootd.installnet) -------------------
+
+ADMIN = "198.18.0.1"
+
+
+def net_config(*subnets: str, extra: str = "") -> object:
+    from bootd.config import parse_config
+
+    text = f"""
+[server]
+admin_address = "{ADMIN}"
+interfaces = ["eth0"]
+state_dir = "/var/lib/bootd"
+[http]
+listen = "{ADMIN}:8080"
+[profiles.debian-12]
+family = "preseed"
+kernel = "images/debian-12/linux"
+initrd = "images/debian-12/initrd.gz"
+template = "preseed/ubuntu-20.04.preseed.j2"
+""" + extra + "".join(f"[[subnets]]\n{body}\n" for body in subnets)
+    return parse_config(text)
+
+
+ROUTERLESS = 'cidr = "198.18.0.0/24"\ndomain = "bootd.internal"\nstatic_range = "198.18.0.10-198.18.0.99"'
+ROUTED = ('cidr = "198.19.0.0/24"\nrouter = "198.19.0.1"\ndns_servers = ["198.19.0.53", "198.19.0.54"]\n'
+          'domain = "rack2.example"\nstatic_range = "198.19.0.10-198.19.0.99"')
+INIT_STYLE = ('cidr = "198.18.0.0/24"\ndns_servers = ["198.18.0.1"]\ndomain = "bootd.internal"\n'
+              'static_range = "198.18.0.10-198.18.0.99"')
+
+
+def cmdline(config: object, profile: str, *, admin_ip: str | None = None, leased: str | None = None,
+            name: str = "n1") -> list[str]:
+    from ipaddress import IPv4Address
+
+    from bootd import boot
+    from bootd.model.states import NodeState
+
+    view = boot.NodeView(name, "52:54:00:00:00:01", NodeState.HARDWARE_INSTALLED, profile, "TOK",
+                         IPv4Address(admin_ip) if admin_ip else None, IPv4Address(leased) if leased else None)
+    return list(boot.target(view, config).args)  # type: ignore[arg-type]
+
+
+def netcfg_args(args: list[str]) -> dict[str, str]:
+    return dict(a.split("=", 1) for a in args if a.startswith(("netcfg/", "domain=", "hostname=")))
+
+
+def test_debian_installer_on_a_routerless_subnet_is_told_no_route_no_dns_and_the_domain() -> None:
+    args = cmdline(net_config(ROUTERLESS), "debian-12", admin_ip="198.18.0.20")
+    assert netcfg_args(args) == {"netcfg/choose_interface": "auto", "hostname": "n1",
+                                 "domain": "bootd.internal", "netcfg/no_default_route": "true",
+                                 "netcfg/get_nameservers": ""}
+    assert {"auto=true", "priority=critical", "interface=auto"} <= set(args)
+
+
+def test_debian_installer_on_a_routed_subnet_gets_its_name_server_and_no_route_question() -> None:
+    config = net_config(ROUTERLESS, ROUTED)
+    args = netcfg_args(cmdline(config, "debian-12", admin_ip="198.19.0.20"))
+    assert "netcfg/no_default_route" not in args
+    assert args["netcfg/get_nameservers"] == "198.19.0.53"  # one: no quoting on any loader's line
+    assert args["domain"] == "rack2.example"
+
+
+def test_bootd_own_address_is_not_a_name_server_while_bootd_serves_no_dns() -> None:
+    # `bootd init` lists the admin address; nothing answers there yet (issue 13).
+    for services in ("", "[services]\ndns = true\n"):
+        args = netcfg_args(cmdline(net_config(INIT_STYLE, extra=services), "debian-12"))
+        assert args["netcfg/get_nameservers"] == ""
+        assert args["netcfg/no_default_route"] == "true"
+
+
+def test_a_node_without_an_address_takes_the_subnet_of_its_lease() -> None:
+    config = net_config(ROUTERLESS, ROUTED)
+    via_relay = netcfg_args(cmdline(config, "debian-12", leased="198.19.0.150"))
+    assert via_relay["domain"] == "rack2.example" and "netcfg/no_default_route" not in via_relay
+    local = netcfg_args(cmdline(config, "debian-12", leased="198.18.0.150"))
+    assert local["domain"] == "bootd.internal" and local["netcfg/no_default_route"] == "true"
+    # Two subnets and no address known (rendered off-line): nothing asserted.
+    assert netcfg_args(cmdline(config, "debian-12")) == {
+        "netcfg/choose_interface": "auto", "hostname": "n1", "domain": ""}
+    # One subnet: that one.
+    assert netcfg_args(cmdline(net_config(ROUTERLESS), "debian-12"))["domain"] == "bootd.internal"
+
+
+def test_anaconda_and_subiquity_command_lines() -> None:
+    config = net_config(ROUTERLESS, ROUTED)
+    routerless = cmdline(config, "rocky-9", admin_ip="198.18.0.20")
+    assert "ip=dhcp" in routerless
+    assert not [a for a in routerless if a.startswith(("nameserver=", "gateway=", "ip=198"))]
+    routed = cmdline(config, "rocky-9", admin_ip="198.19.0.20")
+    assert [a for a in routed if a.startswith("nameserver=")] == [
+        "nameserver=198.19.0.53", "nameserver=198.19.0.54"]
+    assert "dns=198.19.0.53,198.19.0.54" in cmdline(config, "rhel-5.6", admin_ip="198.19.0.20")
+    assert not [a for a in cmdline(config, "rhel-5.6", admin_ip="198.18.0.20") if a.startswith("dns=")]
+    auto = cmdline(config, "ubuntu-24.04", admin_ip="198.18.0.20")
+    assert "ip=dhcp" in auto and "autoinstall" in auto
+
+
+@pytest.mark.parametrize("profile", ["debian-12", "ubuntu-24.04", "rhel-5.6", "rocky-9"])
+def test_answer_files_follow_the_subnet(profile: str) -> None:
+    from ipaddress import IPv4Address
+
+    from bootd import boot
+    from bootd.model.profiles import ANSWER_FILE
+    from bootd.model.states import NodeState
+
+    config = net_config(ROUTERLESS, ROUTED)
+    kind = ANSWER_FILE[config.profiles[profile].family]  # type: ignore[attr-defined]
+
+    def answer(admin_ip: str | None, leased: str | None = None) -> str:
+        view = boot.NodeView("n1", "52:54:00:00:00:01", NodeState.INSTALLING, profile, "TOK",
+                             IPv4Address(admin_ip) if admin_ip else None,
+                             IPv4Address(leased) if leased else None)
+        return boot.answer(kind, view, config)  # type: ignore[arg-type]
+
+    isolated, routed = answer("198.18.0.20"), answer("198.19.0.20")
+    assert "198.19.0.1" not in isolated and "198.19.0.53" not in isolated
+    assert "bootd.internal" in isolated and "rack2.example" in routed
+    assert "198.19.0.1" in routed and "198.19.0.53" in routed
+    # A node without an address: its lease's subnet names the domain.
+    assert "rack2.example" in answer(None, "198.19.0.150")
+    if kind == "preseed":
+        values = {q: v for q, (_, v) in preseed_values(isolated).items()}
+        assert values["netcfg/no_default_route"] == "true"
+        assert values["netcfg/get_nameservers"] == ""
+        assert values["netcfg/get_domain"] == "bootd.internal"
+
+
+def test_policy_renders_with_the_lease_holders_subnet() -> None:
+    from ipaddress import IPv4Address
+
+    from bootd.model.records import DirectoryEntry
+    from bootd.model.states import NodeState
+    from bootd.policy import Policy
+
+    mac = "52:54:00:00:00:07"
+    policy = Policy(net_config(ROUTERLESS, ROUTED))  # type: ignore[arg-type]
+    policy.load([DirectoryEntry(mac, "n7", None, None, NodeState.HARDWARE_INSTALLED, "debian-12")])
+    policy.leased(mac, IPv4Address("198.19.0.150"))
+    script = policy.script("ipxe", mac, IPv4Address("198.19.0.150"))
+    assert "domain=rack2.example" in script and "netcfg/no_default_route" not in script
+    policy.unleased(IPv4Address("198.19.0.150"))
+    policy.leased(mac, IPv4Address("198.18.0.150"))
+    script = policy.script("ipxe", mac, IPv4Address("198.18.0.150"))
+    assert "domain=bootd.internal" in script and "netcfg/no_default_route=true" in script
