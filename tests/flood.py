@@ -6,7 +6,7 @@ frames are built once with scapy (the oracle) and mutated in place, so the
 flood is limited by the kernel, not by packet building. Bounded in count and
 time; prints a JSON summary.
 
-    python3 tests/flood.py IFNAME SERVER_IP PACKETS
+    python3 tests/flood.py IFNAME SERVER_IP PACKETS [both|dhcp|tftp]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def rrq(rng: random.Random) -> bytes:
 
 def main() -> None:
     ifname, server, packets = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    mode = sys.argv[4] if len(sys.argv) > 4 else "both"
     rng = random.Random(1)
     raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     raw.bind((ifname, 0))
@@ -61,7 +62,7 @@ def main() -> None:
     for i in range(packets):
         if time.monotonic() > deadline:
             break
-        if i % 2 == 0:
+        if mode == "dhcp" or (mode == "both" and i % 2 == 0):
             mac = bytes([0x02]) + os.urandom(5)
             frame[6:12] = mac
             frame[chaddr_at:chaddr_at + 6] = mac
