@@ -11,6 +11,8 @@ from pathlib import Path
 DEFAULT_CONFIG_PATH = Path("/etc/bootd/bootd.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/bootd")
 DEFAULT_HTTP_PORT = 8080
+# Under the state directory: one NAME.toml per profile `bootd images import` registered.
+IMPORTED_PROFILES = "profiles"
 DEFAULT_LEASE_TIME = 3600
 # RFC 2131 does not bound lease times, but a lease longer than a week on a
 # provisioning network only delays the reuse of addresses of removed nodes.

@@ -4,20 +4,25 @@ Theory of operation: `parse_config` turns the text into a `Config` or raises a
 `ConfigError` that names the file, the dotted key and what is wrong. It is pure
 (no sockets, no filesystem besides reading the file in `load_config`), so every
 rule is tested from strings. One function per TOML table; the reader and the
-value parsers they share are in table.py.
+value parsers they share are in table.py. Profiles come from three places, in
+order: the built-ins, the files `bootd images import` wrote under
+<state_dir>/profiles/ (read by `load_config` and handed in, so parsing stays
+pure), and the config file's [profiles.NAME] tables.
 """
 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from bootd.config.defaults import (
     DEFAULT_HTTP_PORT,
     DEFAULT_LEASE_TIME,
     DEFAULT_STATE_DIR,
+    IMPORTED_PROFILES,
     LOG_LEVELS,
     MAX_LEASE_TIME,
     MIN_LEASE_TIME,
@@ -100,7 +105,11 @@ def _subnet(table: Table, admin: IPv4Address) -> Subnet:
                   ranges["static_range"], ranges["bmc_range"])
 
 
-def parse_config(text: str, source: str = "<config>") -> Config:
+ProfileFiles = Callable[[Path], Sequence[tuple[str, str]]]
+"""Given the state directory: (source name, text) of each imported profile file."""
+
+
+def parse_config(text: str, source: str = "<config>", imported: ProfileFiles | None = None) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -148,7 +157,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     tftp = _tftp(root.table("tftp"))
     install = _install(root.table("install"))
     lifecycle = _lifecycle(root.table("lifecycle"))
-    profiles = _profiles(root.table("profiles"))
+    profiles = _profiles(root.table("profiles"), _imported(imported(state_dir) if imported else ()))
     bmc = _bmc(root.table("bmc"))
 
     subnets_raw = root.get("subnets", list, [])
@@ -261,38 +270,69 @@ def _lifecycle(t: Table) -> LifecycleConfig:
     return LifecycleConfig(timeouts, retries, float(interval))
 
 
-def _profiles(t: Table) -> dict[str, Profile]:
-    profiles = dict(BUILTIN)
-    for name in list(t.data):
-        pt = t.table(name)
+def _profile(t: Table, name: str, base: Profile | None) -> Profile:
+    """One [profiles.NAME] table over its base (a built-in or an imported profile)."""
+    pt = t.table(name)
+    try:
+        node_name(name)
+    except InvalidInput:
+        raise t.error(name, "a profile name is letters, digits, '-' and '.'") from None
+    family_text = pt.get("family", str, base.family.value if base else "")
+    try:
+        family = Family(family_text)
+    except ValueError:
+        raise pt.error("family", f"{family_text!r} is not one of "
+                       f"{', '.join(f.value for f in Family)}") from None
+    kernel = pt.parse("kernel", loader_path) or (base.kernel if base else f"images/{name}/vmlinuz")
+    initrd = pt.parse("initrd", loader_path) or (base.initrd if base else f"images/{name}/initrd.img")
+    tree = pt.get("tree", str, base.tree if base else "")
+    if tree and not tree.startswith(("http://", "https://", "ftp://", "nfs:")):
         try:
-            node_name(name)
-        except InvalidInput:
-            raise t.error(name, "a profile name is letters, digits, '-' and '.'") from None
-        base = BUILTIN.get(name)
-        family_text = pt.get("family", str, base.family.value if base else "")
-        try:
-            family = Family(family_text)
+            if ":" in tree:  # file://, tftp://: a URL of a kind installers cannot fetch a tree by
+                raise ValueError(tree)
+            loader_path(tree)
         except ValueError:
-            raise pt.error("family", f"{family_text!r} is not one of "
-                           f"{', '.join(f.value for f in Family)}") from None
-        kernel = pt.parse("kernel", loader_path) or (base.kernel if base else f"images/{name}/vmlinuz")
-        initrd = pt.parse("initrd", loader_path) or (base.initrd if base else f"images/{name}/initrd.img")
-        tree = pt.get("tree", str, base.tree if base else "")
-        if tree and not tree.startswith(("http://", "https://", "ftp://", "nfs:")):
-            raise pt.error("tree", f"{tree!r} is not an http://, https://, ftp:// or nfs: URL")
-        template = pt.get("template", str, base.template if base else "")
-        if not template:
-            raise pt.error("template", "is required for a profile that is not built in")
+            raise pt.error("tree", f"{tree!r} is not an http://, https://, ftp:// or nfs: URL, "
+                           "nor a relative path under the TFTP root") from None
+    template = pt.get("template", str, base.template if base else "")
+    if not template:
+        raise pt.error("template", "is required for a profile that is not built in")
+    try:
+        render_check(template)
+    except InvalidInput as exc:
+        raise pt.error("template", str(exc)) from None
+    extra = pt.get("extra_args", str, base.extra_args if base else "")
+    if not extra.isprintable():
+        raise pt.error("extra_args", "must be printable text")
+    pt.finish()
+    return Profile(name, family, kernel, initrd, tree, template, extra)
+
+
+def _imported(files: Sequence[tuple[str, str]]) -> dict[str, Profile]:
+    """Profiles written by `bootd images import`: one file per profile, named after it,
+    holding only its [profiles.NAME] table (the same keys as in the config file)."""
+    found: dict[str, Profile] = {}
+    for source, text in files:
+        name = PurePath(source).stem
         try:
-            render_check(template)
-        except InvalidInput as exc:
-            raise pt.error("template", str(exc)) from None
-        extra = pt.get("extra_args", str, base.extra_args if base else "")
-        if not extra.isprintable():
-            raise pt.error("extra_args", "must be printable text")
-        pt.finish()
-        profiles[name] = Profile(name, family, kernel, initrd, tree, template, extra)
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(source, "", f"not valid TOML: {exc}") from None
+        root = Table(source, "", data)
+        table = root.table("profiles")
+        if list(table.data) != [name]:
+            raise table.error(name, f"an imported profile file holds exactly [profiles.{name}]")
+        found[name] = _profile(table, name, BUILTIN.get(name))
+        root.finish()
+    return found
+
+
+def _profiles(t: Table, imported: dict[str, Profile]) -> dict[str, Profile]:
+    # Built-ins, then imported media, then the config file's own tables (which may
+    # change a key or two of either: extra_args, template).
+    profiles = {**BUILTIN, **imported}
+    for name in list(t.data):
+        profiles[name] = _profile(t, name, profiles.get(name))
     return profiles
 
 
@@ -317,6 +357,17 @@ def _check_subnets_disjoint(source: str, subnets: list[Subnet]) -> None:
                                   f"{subnets[j].cidr} overlaps subnets[{i}] {a.cidr}")
 
 
+def imported_profile_files(state_dir: Path) -> list[tuple[str, str]]:
+    """The profile files `bootd images import` wrote under <state_dir>/profiles/, by name."""
+    found = []
+    for path in sorted((state_dir / IMPORTED_PROFILES).glob("*.toml")):
+        try:
+            found.append((str(path), path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(str(path), "", f"cannot read: {exc}") from None
+    return found
+
+
 def load_config(path: Path) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
@@ -324,4 +375,4 @@ def load_config(path: Path) -> Config:
         raise ConfigError(str(path), "", "no such file (create one with `bootd init`)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), "", f"cannot read: {exc}") from None
-    return parse_config(text, str(path))
+    return parse_config(text, str(path), imported_profile_files)

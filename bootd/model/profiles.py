@@ -4,8 +4,10 @@ A profile is a kernel and initrd (paths under the TFTP root, also served over
 HTTP under /images/), an install tree URL, and an install family, which fixes
 the kernel arguments the installer understands and the answer file bootd
 renders for it. Operators add or override profiles in the config
-(`[profiles.NAME]`); the built-ins assume the operator unpacked the media
-under <state_dir>/tftp/images/<name>/ (kernel, initrd and tree/).
+(`[profiles.NAME]`) or import media with `bootd images import`, which writes
+<state_dir>/profiles/NAME.toml (read after the built-ins, before the config
+file's own tables); the built-ins expect the media under
+<state_dir>/tftp/images/<name>/ (kernel, initrd and tree/).
 """
 
 from __future__ import annotations
@@ -36,12 +38,18 @@ class Profile:
     family: Family
     kernel: str    # under the TFTP root
     initrd: str
-    tree: str      # install tree URL; "" = <http base>/images/<name>/tree
+    # install tree: a URL, or a path under the TFTP root served by HTTP (an imported
+    # tree, or the ISO casper's url= fetches); "" = <http base>/images/<name>/tree
+    tree: str
     template: str  # the answer file's template
     extra_args: str = ""  # more kernel arguments
 
     def tree_url(self, http_base: str) -> str:
-        return self.tree or f"{http_base}/images/{self.name}/tree"
+        if not self.tree:
+            return f"{http_base}/images/{self.name}/tree"
+        if "://" in self.tree or self.tree.startswith("nfs:"):
+            return self.tree
+        return f"{http_base}/{self.tree}"
 
 
 def _builtin(name: str, family: Family, template: str, kernel: str = "vmlinuz",
