@@ -10,8 +10,13 @@ the lifecycle service (every node move); nothing here reads the inventory.
   records machines (a PXE DHCP exchange does).
 - GET /boot/identity?mac=MAC: "node=NAME" and "token=T" lines, for the lease
   holder only: the discovery agent's way to its new token after allocation.
+- GET /boot/failed?mac=MAC&step=S&errno=E&url=U: a boot script gave up on a
+  fetch (bootd.model.bootfail); one event for the node with MAC, rate-limited,
+  never a new node. 202 recorded, 404 unknown MAC, 429 over the rate, 400 bad input.
 - GET /images/PATH: files under the TFTP root's images/ (kernels, initrds,
   install trees), by sendfile, with Range (installers resume).
+- GET /tftp/PATH: the TFTP root itself, read-only, resolved as TFTP resolves it:
+  UEFI HTTP boot loads its loader from the one copy TFTP serves.
 - GET /install/NODE/{kickstart,preseed,user-data}?token=T, and
   /install/NODE/T/{user-data,meta-data,vendor-data} (cloud-init's nocloud-net
   seed appends the file name to a URL): the node's answer files, opened only by
@@ -38,6 +43,7 @@ from bootd.errors import InvalidInput, NotFound
 from bootd.files import Missing, Refused, resolve
 from bootd.http.api import json_body
 from bootd.logs import kv
+from bootd.model.bootfail import BootFailure, Outcome, parse_report
 from bootd.model.names import mac_address
 from bootd.model.records import NodeRecord
 from bootd.model.states import NodeState
@@ -59,6 +65,8 @@ class NodeReports(Protocol):
 
     async def report(self, name: str, target: NodeState, *, expect: NodeState | None = None,
                      inventory: str | None = None, message: str = "") -> NodeRecord: ...
+
+    async def boot_failed(self, report: BootFailure, now: float | None = None) -> Outcome: ...
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -113,17 +121,32 @@ async def identity(request: web.Request) -> web.Response:
     return web.Response(text=f"node={name}\ntoken={token}\n", content_type="text/plain")
 
 
+REPORT_STATUS = {Outcome.RECORDED: 202, Outcome.UNKNOWN: 404, Outcome.LIMITED: 429}
+
+
+async def boot_failed(request: web.Request) -> web.Response:
+    outcome = await request.app[REPORTS].boot_failed(parse_report(request.query))
+    return web.Response(status=REPORT_STATUS[outcome], text=outcome.value + "\n", content_type="text/plain")
+
+
 async def images(request: web.Request) -> web.StreamResponse:
+    return _from_tftp_root(request, "images/" + request.match_info["path"])
+
+
+async def tftp_root(request: web.Request) -> web.StreamResponse:
+    return _from_tftp_root(request, request.match_info["path"])
+
+
+def _from_tftp_root(request: web.Request, tail: str) -> web.StreamResponse:
     config = request.app[SETTINGS].config
-    tail = request.match_info["path"]
     try:
-        path = resolve(config.tftp_root, "images/" + tail)
+        path = resolve(config.tftp_root, tail)
     except Refused as exc:
-        raise web.HTTPForbidden(reason=f"images/{tail}: {exc}") from None
+        raise web.HTTPForbidden(reason=f"{tail}: {exc}") from None
     except Missing:
-        raise web.HTTPNotFound(reason=f"images/{tail} not found") from None
+        raise web.HTTPNotFound(reason=f"{tail} not found") from None
     if not path.is_file():
-        raise web.HTTPForbidden(reason=f"images/{tail} is not a file")
+        raise web.HTTPForbidden(reason=f"{tail} is not a file")
     # FileResponse: sendfile(2), Range and If-Modified-Since, never the whole file in memory.
     return web.FileResponse(path, chunk_size=256 * 1024)
 
@@ -162,6 +185,8 @@ async def install_file(request: web.Request) -> web.Response:
     token = request.match_info.get("token") or request.query.get("token", "")
     node = await own_node(request, name, token)
     text = request.app[POLICY].answer(kind, node, token)
+    log.info("install file served", extra=kv(node=node.name, kind=kind, peer=request.remote,
+                                              agent=request.headers.get("User-Agent", "-")[:80]))
     return web.Response(text=text, content_type="text/plain")
 
 
@@ -205,8 +230,10 @@ async def transition(request: web.Request) -> web.Response:
 
 def routes() -> list[web.RouteDef]:
     return [
+        web.get("/boot/failed", boot_failed),  # before /boot/{kind}, which would match it
         web.get("/boot/{kind}", boot_script),
         web.get("/images/{path:.+}", images),
+        web.get("/tftp/{path:.+}", tftp_root),
         web.get("/install/{node}/{kind}", install_file),
         web.get("/install/{node}/{token}/{kind}", install_file),
         web.post("/api/v1/nodes/{name}/transition", transition),
