@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,7 +35,9 @@ from bootd.config import Config
 from bootd.db.repository import Repository, utcnow
 from bootd.errors import Conflict, InvalidInput, NotFound
 from bootd.feed import ChangeFeed, NodeChanged
-from bootd.logs import kv
+from bootd.logs import Throttle, kv
+from bootd.model.bootfail import KIND as BOOT_FAILED
+from bootd.model.bootfail import BootFailure, Outcome, ReportLimiter
 from bootd.model.events import (
     Allocate,
     Decision,
@@ -85,6 +88,8 @@ class Lifecycle:
     def __init__(self, config: Config, repo: Repository, *, power: PowerService | None = None,
                  feed: ChangeFeed | None = None, clock: Clock = utcnow) -> None:
         self._repo, self._power, self._feed, self._clock = repo, power, feed, clock
+        self._boot_reports, self._say = ReportLimiter(), Throttle(60.0, keys=8)
+        self.boot_report_counts = {o: 0 for o in Outcome}
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -205,6 +210,27 @@ class Lifecycle:
         `expect` refuses a stale or replayed report; `inventory` is the agent's JSON."""
         event = NodeReport(target, expect, inventory, message)
         return (await self._change(name, event, actor=f"node:{name}"))[0]
+
+    async def boot_failed(self, report: BootFailure, now: float | None = None) -> Outcome:
+        """A booting machine's script gave up on a fetch (bootd.model.bootfail): one
+        event in the log of the node with that MAC. Unauthenticated, so it never
+        creates a node, and it is rate-limited before any database read."""
+        outcome = Outcome.LIMITED
+        if self._boot_reports.allow(report.mac, time.monotonic() if now is None else now):
+            node = await self._repo.find_node_by_mac(report.mac)
+            outcome = Outcome.UNKNOWN
+            if node is not None:
+                try:
+                    await self._repo.record_event(node.name, BOOT_FAILED, report.message, actor="boot-script")
+                    outcome = Outcome.RECORDED
+                except NotFound:
+                    pass  # deleted meanwhile: its next boot is a new discovery
+        self.boot_report_counts[outcome] += 1
+        if self._say(time.monotonic(), outcome.value):  # per reason, never per sender
+            log.warning("boot failure reported", extra=kv(
+                outcome=outcome.value, count=self.boot_report_counts[outcome], mac=report.mac,
+                step=report.step.value, url=report.url, errno=report.errno))
+        return outcome
 
     # -- bootd's own: the timer and the config -------------------------------------------
 
