@@ -54,8 +54,8 @@ from bootd.config.table import (
 )
 from bootd.errors import ConfigError, InvalidInput
 from bootd.model.lifecycle import DEFAULT_TIMEOUTS
-from bootd.model.names import dns_domain, node_name
-from bootd.model.profiles import BUILTIN, Family, Profile
+from bootd.model.names import dns_domain
+from bootd.model.profiles import BUILTIN, Family, Profile, valid_name
 from bootd.model.states import NodeState
 from bootd.render import check as render_check
 
@@ -273,10 +273,8 @@ def _lifecycle(t: Table) -> LifecycleConfig:
 def _profile(t: Table, name: str, base: Profile | None) -> Profile:
     """One [profiles.NAME] table over its base (a built-in or an imported profile)."""
     pt = t.table(name)
-    try:
-        node_name(name)
-    except InvalidInput:
-        raise t.error(name, "a profile name is letters, digits, '-' and '.'") from None
+    if not valid_name(name):
+        raise t.error(name, "a profile name is lower-case letters, digits, '-', '_' and '.'")
     family_text = pt.get("family", str, base.family.value if base else "")
     try:
         family = Family(family_text)
@@ -308,23 +306,25 @@ def _profile(t: Table, name: str, base: Profile | None) -> Profile:
     return Profile(name, family, kernel, initrd, tree, template, extra)
 
 
+def profile_file(source: str, text: str) -> Profile:
+    """One profile file written by `bootd images import`: named after its profile, holding
+    only its [profiles.NAME] table (the same keys as in the config file)."""
+    name = PurePath(source).stem
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "", f"not valid TOML: {exc}") from None
+    root = Table(source, "", data)
+    table = root.table("profiles")
+    if list(table.data) != [name]:
+        raise table.error(name, f"an imported profile file holds exactly [profiles.{name}]")
+    profile = _profile(table, name, BUILTIN.get(name))
+    root.finish()
+    return profile
+
+
 def _imported(files: Sequence[tuple[str, str]]) -> dict[str, Profile]:
-    """Profiles written by `bootd images import`: one file per profile, named after it,
-    holding only its [profiles.NAME] table (the same keys as in the config file)."""
-    found: dict[str, Profile] = {}
-    for source, text in files:
-        name = PurePath(source).stem
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(source, "", f"not valid TOML: {exc}") from None
-        root = Table(source, "", data)
-        table = root.table("profiles")
-        if list(table.data) != [name]:
-            raise table.error(name, f"an imported profile file holds exactly [profiles.{name}]")
-        found[name] = _profile(table, name, BUILTIN.get(name))
-        root.finish()
-    return found
+    return {p.name: p for p in (profile_file(source, text) for source, text in files)}
 
 
 def _profiles(t: Table, imported: dict[str, Profile]) -> dict[str, Profile]:

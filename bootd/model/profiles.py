@@ -13,7 +13,16 @@ file's own tables); the built-ins expect the media under
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
+
+# A profile name is a file name (profiles/NAME.toml) and a URL path part (/images/NAME/).
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+
+
+def valid_name(name: str) -> bool:
+    """Letters (lower case), digits, '-', '_' and '.', not starting with '.' or '-', no '..'."""
+    return _NAME.fullmatch(name) is not None and ".." not in name
 
 
 class Family(enum.StrEnum):
