@@ -35,6 +35,7 @@ from bootd.dhcp.server import DhcpService
 from bootd.errors import BootdError, ConfigError
 from bootd.feed import ChangeFeed
 from bootd.http.server import HttpService, build_app
+from bootd.images.bootloaders import missing_loaders
 from bootd.keys import SecretBox, api_token
 from bootd.lifecycle import Lifecycle, LifecycleService
 from bootd.logs import kv
@@ -92,6 +93,8 @@ def build_services(config: Config, repo: Repository) -> list[Service]:
         services.append(DhcpService(config, repo, policy))
     if config.services.tftp:
         services.append(TftpService(config, policy, config.tftp_root))
+    for missing in missing_loaders(config) if config.services.tftp or config.services.http else []:
+        log.warning("boot loader missing", extra=kv(**missing.fields()))
     pending = [name for name in ("dns",) if getattr(config.services, name)]
     if pending:
         log.warning("enabled in the config but not part of this version yet",

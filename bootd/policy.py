@@ -136,7 +136,7 @@ class Policy:
         if loader is None:
             return None
         if client.firmware is Firmware.HTTP:
-            return BootAnswer(f"{base}/images/{loader}", server, b"HTTPClient")
+            return BootAnswer(f"{base}/tftp/{loader}", server, b"HTTPClient")  # the TFTP copy
         if client.firmware in (Firmware.PXE, Firmware.IPXE):
             # iPXE here only with boot.ipxe_script = false: it loads the loader
             # (pxelinux) like a PXE ROM would.

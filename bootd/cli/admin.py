@@ -62,10 +62,12 @@ def images(args: argparse.Namespace, config: Config) -> int:
 
 def init(args: argparse.Namespace, config_path: Path) -> int:
     from bootd import initconf
+    from bootd.cli import bootloaders
 
     output = args.output or config_path
     state_dir = args.state_dir if args.state_dir.is_absolute() else args.state_dir.absolute()
     found = initconf.detect(args.interface)
     initconf.write(output, initconf.render(found, state_dir), force=args.force)
     print(f"wrote {output}: admin address {found.address}, subnet {found.network}")
+    bootloaders.after_init(state_dir, args.cache)
     return 0

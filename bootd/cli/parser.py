@@ -39,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
                       help="where to write (default: --config, else the default config path)")
     init.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.add_argument("--cache", type=Path, metavar="DIR",
+                      help="downloaded loader packages (default: <state_dir>/cache)")
 
     sub.add_parser("serve", parents=[common], help="run the daemon")
     sub.add_parser("check", parents=[common], help="validate the config file and exit")
@@ -96,6 +98,9 @@ def parser() -> argparse.ArgumentParser:
     bd.add_argument("--output", type=Path, metavar="DIR",
                     help="default: <state_dir>/tftp/images/discovery")
     bd.add_argument("--cache", type=Path, metavar="DIR", help="default: <state_dir>/cache")
+    bl = isub.add_parser("bootloaders", parents=[common],
+                         help="install or refresh the first-stage loaders from Debian packages")
+    bl.add_argument("--cache", type=Path, metavar="DIR", help="default: <state_dir>/cache")
 
     leases = sub.add_parser("leases", parents=[common], help="DHCP leases")
     lsub = leases.add_subparsers(dest="action", required=True, metavar="ACTION")
