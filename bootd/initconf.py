@@ -120,5 +120,7 @@ def write(path: Path, text: str, *, force: bool) -> None:
         raise InitError(f"{path} exists; use --force to overwrite it") from None
     except OSError as exc:
         raise InitError(f"cannot write {path}: {exc.strerror}") from None
+    # 0640 whatever the umask: in /etc/bootd (setgid, group bootd) the service user reads it.
+    os.fchmod(fd, 0o640)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)

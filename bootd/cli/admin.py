@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bootd import privileges
 from bootd.backend import open_backend
 from bootd.bmc.controller import PowerOp
 from bootd.cli.output import print_json, table
@@ -69,5 +70,6 @@ def init(args: argparse.Namespace, config_path: Path) -> int:
     found = initconf.detect(args.interface)
     initconf.write(output, initconf.render(found, state_dir), force=args.force)
     print(f"wrote {output}: admin address {found.address}, subnet {found.network}")
+    privileges.become_state_owner(state_dir, output)  # the config stays root's; the state is the service's
     bootloaders.after_init(state_dir, args.cache)
     return 0

@@ -8,12 +8,13 @@ else (a missing node, a taken MAC, an unknown profile, an unreachable database).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bootd import logs
+from bootd import logs, privileges
 from bootd.app import EXIT_CONFIG, EXIT_FAILURE, Daemon
 from bootd.cli import admin, bootloaders, nodes
 from bootd.cli.parser import parser
@@ -36,8 +37,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return admin.init(args, path)
         if args.command == "serve":
             logs.setup("info")
+            if os.geteuid() == 0:
+                # Root serves as the state directory's owner with the unit's capabilities
+                # (privileges.py); a bad config is left to the daemon to report.
+                with contextlib.suppress(ConfigError):
+                    state_dir = load_config(path).state_dir
+                    privileges.become_state_owner(state_dir, path, privileges.SERVE_CAPABILITIES)
             return asyncio.run(Daemon(path).run())
         config = load_config(path)
+        # Root works in the state directory as its owner, the service user (privileges.py).
+        privileges.become_state_owner(config.state_dir, path)
         if args.command == "check":
             print(f"{config.source}: ok ({len(config.subnets)} subnet(s))")
             return 0
