@@ -12,8 +12,6 @@ import sys
 from pathlib import Path
 
 from bootd.config import Config
-from bootd.images.media.progress import Progress
-from bootd.images.media.service import Request, import_media
 from bootd.model.profiles import Family
 
 
@@ -34,6 +32,10 @@ def add_parser(isub: argparse._SubParsersAction[argparse.ArgumentParser],
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
+    # Imported here: every other command starts without loading pycdlib.
+    from bootd.images.media.progress import Progress
+    from bootd.images.media.service import Request, import_media
+
     request = Request(args.source, args.profile, Family(args.family) if args.family else None,
                       args.template, args.tree, Path(args.checksums) if args.checksums else None,
                       args.replace)

@@ -123,6 +123,14 @@ class IsoMedium:
             self._iso.open(str(path))
         except (PyCdlibException, OSError, ValueError, IndexError, KeyError, AttributeError) as exc:
             raise MediaError(f"{path}: not a readable ISO 9660/UDF image ({_short(exc)})") from None
+        # ECMA-119 8.4.8/8.4.12: the volume's size in logical blocks. A shorter file was
+        # cut off (an interrupted download): its last files would read as garbage.
+        volume = self._iso.pvd.space_size * self._iso.pvd.log_block_size
+        size = path.stat().st_size
+        if size < volume:
+            self._iso.close()
+            raise MediaError(f"{path}: truncated ISO image: the volume descriptor says {volume} bytes, "
+                             f"the file has {size}")
         # (namespace keyword for pycdlib, whether to lower-case and strip ";1")
         if self._iso.has_rock_ridge():
             self._ns, self._plain = "rr_path", False
@@ -183,7 +191,10 @@ class TarMedium:
             self._tar = tarfile.open(path, "r:*")  # noqa: SIM115 - closed by close()
             self._members = {}
             for m in self._tar.getmembers():
-                rel = _clean(m.name)
+                name = m.name
+                while name.startswith("./"):  # Debian's netboot.tar.gz: "./debian-installer/..."
+                    name = name[2:]
+                rel = _clean(name)
                 if m.isreg() and rel is not None:
                     self._members[rel] = m
         except (tarfile.TarError, OSError, EOFError) as exc:
