@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bootd import logs, privileges
 from bootd.app import EXIT_CONFIG, EXIT_FAILURE, Daemon
-from bootd.cli import admin, bootloaders, nodes
+from bootd.cli import admin, bootloaders, media, nodes
 from bootd.cli.parser import parser
 from bootd.config import DEFAULT_CONFIG_PATH, load_config
 from bootd.errors import BootdError, ConfigError
@@ -52,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "leases":
             return asyncio.run(admin.leases(args, config))
+        if args.command == "images" and args.action == "import":
+            return media.run(args, config)
         if args.command == "images" and args.action == "bootloaders":
             return bootloaders.run(args, config)
         if args.command == "images":

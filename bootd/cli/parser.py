@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bootd import __version__
 from bootd.bmc.controller import PowerOp
+from bootd.cli import media
 from bootd.config import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR
 from bootd.lifecycle import Selector
 from bootd.model.states import NodeState
@@ -98,6 +99,7 @@ def parser() -> argparse.ArgumentParser:
     bd.add_argument("--output", type=Path, metavar="DIR",
                     help="default: <state_dir>/tftp/images/discovery")
     bd.add_argument("--cache", type=Path, metavar="DIR", help="default: <state_dir>/cache")
+    media.add_parser(isub, common)
     bl = isub.add_parser("bootloaders", parents=[common],
                          help="install or refresh the first-stage loaders from Debian packages")
     bl.add_argument("--cache", type=Path, metavar="DIR", help="default: <state_dir>/cache")
