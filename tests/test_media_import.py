@@ -571,6 +571,7 @@ async def test_url_download_resumes_with_range(tmp_path: Path, config: Config) -
             await asyncio.to_thread(run_import, config, url, "noble")
         config = await asyncio.to_thread(run_import, config, url, "noble")
     assert ranges == [None, f"bytes={len(data) // 2}-"]
+    assert not list((config.state_dir / "cache" / "media").rglob("noble.iso*"))  # imported: no 2nd copy
     assert (config.tftp_root / "images/noble/noble.iso").read_bytes() == data
     assert_boots(config, "noble")
 

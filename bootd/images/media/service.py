@@ -5,7 +5,8 @@ leaves nothing registered:
 1. the profile name is checked, and the profile it would write (family,
    template, tree) is validated by the config's own parser before any byte is
    copied;
-2. a URL is downloaded (download.py, resumable) into <state_dir>/cache/media;
+2. a URL is downloaded (download.py, resumable) into <state_dir>/cache/media,
+   and removed there once imported (the profile's directory holds the media);
 3. the media is opened (source.py) and recognised (layout.py); checksum lists
    next to it (or --checksums) are matched to its files, and the image or
    archive itself is verified when one lists it;
@@ -18,6 +19,7 @@ leaves nothing registered:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -136,9 +138,15 @@ def import_media(config: Config, request: Request, progress: Progress,
         if is_url(request.source) else Path(request.source)
     medium = open_media(local)
     try:
-        return _run(config, request, progress, local, medium, profile_path, started)
+        done = _run(config, request, progress, local, medium, profile_path, started)
     finally:
         medium.close()
+    if is_url(request.source):
+        # The media now lives in the profile's directory; a second copy of a DVD is waste.
+        local.unlink()
+        with contextlib.suppress(OSError):
+            local.parent.rmdir()
+    return done
 
 
 def _run(config: Config, request: Request, progress: Progress, local: Path, medium: Medium,
@@ -169,7 +177,9 @@ def _run(config: Config, request: Request, progress: Progress, local: Path, medi
         verify(local, container_sum, progress)
         progress.end()
     target = config.tftp_root / "images" / request.name
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.parent.exists():
+        target.parent.mkdir(parents=True)
+        target.parent.chmod(0o755)  # served to anyone by TFTP and HTTP; the CLI's umask is 077
     stat = local.stat()
     identity = json.dumps({"source": str(local.resolve()), "size": stat.st_size,
                            "mtime_ns": stat.st_mtime_ns, "layout": plan.layout.value})
