@@ -1,7 +1,9 @@
 """`bootd init`: a working config for the subnet on one interface.
 
 The interface's first IPv4 address becomes the admin address and its network
-the first subnet. The usable host addresses (RFC 950: not the network or
+the first subnet. Loopback interfaces, and interfaces with no IPv4 address (or
+only a link-local one), are refused, naming the interfaces that would fit: a
+DHCP server on 127.0.0.0/8 serves nobody. The usable host addresses (RFC 950: not the network or
 broadcast address) are split around the admin address: the longer run of
 addresses on either side of it is cut in two, the first half the static range
 for known nodes, the second half the dynamic pool for unknown ones. The
@@ -22,6 +24,8 @@ import netifaces
 from bootd.config import DEFAULT_HTTP_PORT, DEFAULT_LEASE_TIME, AddressRange, parse_config
 from bootd.errors import BootdError
 
+IFF_LOOPBACK = 0x8  # <linux/if.h>, in /sys/class/net/IF/flags
+
 
 class InitError(BootdError):
     pass
@@ -35,14 +39,55 @@ class Detected:
     router: IPv4Address | None
 
 
+def _is_loopback(interface: str) -> bool:
+    try:
+        flags = int(Path(f"/sys/class/net/{interface}/flags").read_text(), 16)
+    except (OSError, ValueError):
+        return interface == "lo"
+    return bool(flags & IFF_LOOPBACK)
+
+
+def _usable(interface: str) -> IPv4Interface | None:
+    """The first IPv4 address machines could reach bootd at on `interface`: not on a
+    loopback interface, not loopback or link-local itself (RFC 3927 addresses are
+    not routed and a DHCP server does not serve that range)."""
+    if _is_loopback(interface):
+        return None
+    for entry in netifaces.ifaddresses(interface).get(netifaces.AF_INET, []):
+        iface = IPv4Interface(f"{entry['addr']}/{entry['netmask']}")
+        if not (iface.ip.is_loopback or iface.ip.is_link_local):
+            return iface
+    return None
+
+
+def fitting() -> list[tuple[str, IPv4Interface]]:
+    """Interfaces `bootd init` can serve, with the address it would take."""
+    out = []
+    for name in sorted(netifaces.interfaces()):
+        iface = _usable(name)
+        if iface is not None:
+            out.append((name, iface))
+    return out
+
+
+def _fits() -> str:
+    found = fitting()
+    if not found:
+        return "no interface on this host has a usable IPv4 address"
+    return "interfaces that fit: " + ", ".join(f"{name} ({iface})" for name, iface in found)
+
+
 def detect(interface: str) -> Detected:
     if interface not in netifaces.interfaces():
-        raise InitError(f"no interface named {interface!r} on this host")
-    addrs = netifaces.ifaddresses(interface).get(netifaces.AF_INET, [])
-    if not addrs:
-        raise InitError(f"interface {interface} has no IPv4 address; give it one first")
-    first = addrs[0]
-    iface = IPv4Interface(f"{first['addr']}/{first['netmask']}")
+        raise InitError(f"no interface named {interface!r} on this host ({_fits()})")
+    if _is_loopback(interface):
+        raise InitError(f"interface {interface} is a loopback interface: no machine can boot from it "
+                        f"({_fits()})")
+    iface = _usable(interface)
+    if iface is None:
+        has_v4 = bool(netifaces.ifaddresses(interface).get(netifaces.AF_INET))
+        what = "only a loopback or link-local IPv4 address" if has_v4 else "no IPv4 address"
+        raise InitError(f"interface {interface} has {what}; give it one first ({_fits()})")
     router = None
     gateways: dict[Any, Any] = netifaces.gateways()
     for gw_addr, gw_iface, *_ in gateways.get(netifaces.AF_INET, []):

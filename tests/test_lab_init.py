@@ -6,7 +6,9 @@ removed afterwards (see netlab.py).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -18,19 +20,43 @@ from conftest import REPO
 from netlab import PREFIX, Lab, namespaces
 
 from bootd.config import load_config
+from bootd.images.bootloaders import BY_NAME, LOADERS, MANIFEST, read_manifest
+from bootd.images.packages import DebianPackages, Origin
 
 pytestmark = pytest.mark.lab
 BOOTD = [sys.executable, "-m", "bootd"]
+CACHE = REPO / ".cache" / "images"
 FETCH = ("import json,sys,urllib.request;"
          "r=urllib.request.urlopen(sys.argv[1],timeout=5);print(r.status,r.read().decode())")
 
 
-def test_init_on_a_namespaced_interface(lab: Lab, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def loader_cache() -> Path:
+    """The packages `init` downloads when they are not installed, fetched here, outside the
+    lab: its namespaces have no route to Debian's archive."""
+    for pkg in dict.fromkeys(x.package for x in LOADERS):
+        DebianPackages(CACHE).get(pkg)
+    return CACHE
+
+
+def test_init_on_a_namespaced_interface(lab: Lab, tmp_path: Path, loader_cache: Path) -> None:
     srv = lab.add_host("srv", "198.18.0.1/24")
     out = tmp_path / "bootd.toml"
     res = srv.run(*BOOTD, "init", "--interface", "eth0", "--output", str(out), "--state-dir",
-                  str(tmp_path / "state"), cwd=REPO)
-    assert res.stdout == f"wrote {out}: admin address 198.18.0.1, subnet 198.18.0.0/24\n"
+                  str(tmp_path / "state"), "--cache", str(loader_cache), cwd=REPO)
+    assert res.stdout.startswith(f"wrote {out}: admin address 198.18.0.1, subnet 198.18.0.0/24\n")
+    assert res.stderr == ""
+    # The loaders the config hands out, and the others bootd knows, from Debian's packages.
+    tftp = tmp_path / "state" / "tftp"
+    recorded = read_manifest(tftp)
+    assert set(recorded) == {x.name for x in LOADERS}
+    for name, entry in recorded.items():
+        loader = BY_NAME[name]
+        assert f"{name}: installed ({loader.package} {entry.version}, {entry.origin}; " in res.stdout
+        assert hashlib.sha256((tftp / name).read_bytes()).hexdigest() == entry.sha256
+        if entry.origin == Origin.INSTALLED.value:
+            assert (tftp / name).read_bytes() == (Path("/") / loader.path).read_bytes()
+    assert res.stdout.endswith(f"recorded in {tftp / MANIFEST}\n")
     config = load_config(out)
     assert config.admin_address == IPv4Address("198.18.0.1")
     assert config.interfaces == ("eth0",)
@@ -51,16 +77,38 @@ def test_init_on_a_namespaced_interface(lab: Lab, tmp_path: Path) -> None:
     assert again.returncode == 1
     assert again.stderr == f"bootd: error: {out} exists; use --force to overwrite it\n"
     forced = srv.run(*BOOTD, "init", "--interface", "eth0", "--output", str(out), "--force",
-                     "--state-dir", str(tmp_path / "state"), cwd=REPO, check=False)
+                     "--state-dir", str(tmp_path / "state"), "--cache", str(loader_cache), cwd=REPO,
+                     check=False)
     assert forced.returncode == 0
+    assert forced.stdout.count(": unchanged (") == len(LOADERS)
 
 
-def test_init_takes_the_gateway_as_router_and_keeps_it_out_of_pools(lab: Lab, tmp_path: Path) -> None:
+def test_init_without_the_archive_still_writes_the_config(lab: Lab, tmp_path: Path) -> None:
+    """No route to Debian's archive and an empty cache: the installed packages' loaders go
+    in, the others are warned about with the command that retries."""
+    srv = lab.add_host("srv", "198.18.0.1/24")
+    out = tmp_path / "bootd.toml"
+    res = srv.run(*BOOTD, "init", "--interface", "eth0", "--output", str(out), "--state-dir",
+                  str(tmp_path / "state"), "--cache", str(tmp_path / "empty-cache"), cwd=REPO, timeout=300)
+    load_config(out)
+    installed = {x.name for x in LOADERS if DebianPackages(CACHE).get(x.package).origin is Origin.INSTALLED}
+    assert {"undionly.kpxe", "ipxe.efi"} <= installed  # scripts/setup installs ipxe
+    assert set(read_manifest(tmp_path / "state" / "tftp")) == installed
+    for name in {x.name for x in LOADERS} - installed:
+        assert f"bootd: warning: {name} not installed: " in res.stderr
+    if installed != {x.name for x in LOADERS}:
+        assert res.stderr.endswith("bootd: warning: run `bootd images bootloaders` once the packages "
+                                   "can be had\n")
+
+
+def test_init_takes_the_gateway_as_router_and_keeps_it_out_of_pools(lab: Lab, tmp_path: Path,
+                                                                   loader_cache: Path) -> None:
     srv = lab.add_host("srv", "198.18.4.200/22")
     # A default route inside the isolated namespace: it leads nowhere outside the lab.
     srv.run("ip", "route", "add", "default", "via", "198.18.4.1")
     out = tmp_path / "bootd.toml"
-    srv.run(*BOOTD, "init", "--interface", "eth0", "--output", str(out), cwd=REPO)
+    srv.run(*BOOTD, "init", "--interface", "eth0", "--output", str(out), "--state-dir", str(tmp_path / "s"),
+            "--cache", str(loader_cache), cwd=REPO)
     (subnet,) = load_config(out).subnets
     assert subnet.router == IPv4Address("198.18.4.1")
     assert subnet.static_range is not None
@@ -75,13 +123,20 @@ def test_init_takes_the_gateway_as_router_and_keeps_it_out_of_pools(lab: Lab, tm
 
 def test_init_errors(lab: Lab, tmp_path: Path) -> None:
     bare = lab.add_host("bare")
+    none_fit = "(no interface on this host has a usable IPv4 address)"
     res = bare.run(*BOOTD, "init", "--interface", "eth0", "--output", str(tmp_path / "x.toml"),
                    cwd=REPO, check=False)
     assert (res.returncode, res.stderr) == (
-        1, "bootd: error: interface eth0 has no IPv4 address; give it one first\n")
+        1, f"bootd: error: interface eth0 has no IPv4 address; give it one first {none_fit}\n")
     res = bare.run(*BOOTD, "init", "--interface", "eth9", "--output", str(tmp_path / "x.toml"),
                    cwd=REPO, check=False)
-    assert (res.returncode, res.stderr) == (1, "bootd: error: no interface named 'eth9' on this host\n")
+    assert (res.returncode, res.stderr) == (
+        1, f"bootd: error: no interface named 'eth9' on this host {none_fit}\n")
+    # Loopback (up, with 127.0.0.1/8 in every lab namespace) is never a boot network.
+    res = bare.run(*BOOTD, "init", "--interface", "lo", "--output", str(tmp_path / "x.toml"),
+                   cwd=REPO, check=False)
+    assert (res.returncode, res.stderr) == (
+        1, f"bootd: error: interface lo is a loopback interface: no machine can boot from it {none_fit}\n")
     tiny = lab.add_host("tiny", "198.18.9.1/30")
     res = tiny.run(*BOOTD, "init", "--interface", "eth0", "--output", str(tmp_path / "x.toml"),
                    cwd=REPO, check=False)
@@ -90,12 +145,31 @@ def test_init_errors(lab: Lab, tmp_path: Path) -> None:
     assert not (tmp_path / "x.toml").exists()
 
 
-def test_served_in_the_lab_reachable_from_a_client_not_from_the_host(lab: Lab, tmp_path: Path) -> None:
+def test_init_refusals_name_the_interfaces_that_fit(lab: Lab, tmp_path: Path) -> None:
+    srv = lab.add_host("srv", "198.18.0.1/24")
+    lab.link(srv, "br0", None)  # eth1: no address
+    lab.link(srv, "br0", None)  # eth2: link-local only
+    srv.run("ip", "addr", "add", "169.254.7.7/16", "dev", "eth2")
+    fits = "(interfaces that fit: eth0 (198.18.0.1/24))"
+    for interface, why in (("lo", "is a loopback interface: no machine can boot from it"),
+                           ("eth1", "has no IPv4 address; give it one first"),
+                           ("eth2", "has only a loopback or link-local IPv4 address; give it one first")):
+        res = srv.run(*BOOTD, "init", "--interface", interface, "--output", str(tmp_path / "x.toml"),
+                      cwd=REPO, check=False)
+        assert (res.returncode, res.stderr) == (1, f"bootd: error: interface {interface} {why} {fits}\n")
+    res = srv.run(*BOOTD, "init", "--interface", "eth3", "--output", str(tmp_path / "x.toml"),
+                  cwd=REPO, check=False)
+    assert res.stderr == f"bootd: error: no interface named 'eth3' on this host {fits}\n"
+    assert not (tmp_path / "x.toml").exists()
+
+
+def test_served_in_the_lab_reachable_from_a_client_not_from_the_host(lab: Lab, tmp_path: Path,
+                                                                    loader_cache: Path) -> None:
     srv = lab.add_host("srv", "198.18.0.1/24")
     client = lab.add_host("c1", "198.18.0.50/24")
     cfg = tmp_path / "bootd.toml"
     srv.run(*BOOTD, "init", "--interface", "eth0", "--output", str(cfg), "--state-dir",
-            str(tmp_path / "state"), cwd=REPO)
+            str(tmp_path / "state"), "--cache", str(loader_cache), cwd=REPO)
     proc = srv.popen(*BOOTD, "serve", "--config", str(cfg), cwd=REPO, stderr=subprocess.PIPE,
                      text=True)
     url = "http://198.18.0.1:8080/healthz"
@@ -108,6 +182,9 @@ def test_served_in_the_lab_reachable_from_a_client_not_from_the_host(lab: Lab, t
     status, body = res.stdout.split(" ", 1)
     assert status == "200"
     assert json.loads(body)["status"] == "ok"
+    # HTTP serves the TFTP root's copy of each loader.
+    res = client.run("sh", "-c", "curl -fsS http://198.18.0.1:8080/tftp/ipxe.efi | sha256sum")
+    assert res.stdout.split()[0] == read_manifest(tmp_path / "state" / "tftp")["ipxe.efi"].sha256
     # The host's own namespace has no route into the lab.
     host = subprocess.run([sys.executable, "-c", FETCH, url], capture_output=True, timeout=30)
     assert host.returncode != 0
@@ -116,6 +193,10 @@ def test_served_in_the_lab_reachable_from_a_client_not_from_the_host(lab: Lab, t
     assert proc.returncode == 0
     assert "enabled in the config but not part of this version yet services=dns" in stderr
     assert "Traceback" not in stderr
+    # init installed what the config hands to BIOS and x64 UEFI; Debian 12 has no ia32/arm64 iPXE.
+    missing = [x for x in stderr.splitlines() if "boot loader missing" in x]
+    assert [re.search(r"key=(\S+)", x).group(1) for x in missing] == [  # type: ignore[union-attr]
+        "boot.uefi_ia32", "boot.uefi_arm64"], missing
 
 
 def test_lab_teardown_removes_every_namespace(tmp_path: Path) -> None:

@@ -27,6 +27,11 @@ from urllib.parse import unquote
 from bootd.errors import BootdError
 from bootd.images.build import fetch
 
+# A host with a route that leads nowhere (an isolated admin network with a stale default
+# route) makes apt wait minutes per mirror address; `bootd init` should say so sooner.
+APT_TIMEOUTS = ("-o", "Acquire::http::Timeout=20", "-o", "Acquire::https::Timeout=20",
+                "-o", "Acquire::Retries=0")
+
 
 class PackageError(BootdError):
     """A package (or a file in it) cannot be had."""
@@ -140,7 +145,7 @@ class DebianPackages:
         candidate = m.group(1) if m and m.group(1) != "(none)" else None
         cached = sorted(debs.glob(f"{package}_*.deb"))
         if candidate is not None and not any(deb_version(d) == candidate for d in cached):
-            res = _run("apt-get", "download", package, cwd=debs)
+            res = _run("apt-get", *APT_TIMEOUTS, "download", package, cwd=debs)
             if res.returncode != 0:
                 raise PackageError(f"{package} is not installed and `apt-get download {package}` failed: "
                                    f"{res.stderr.strip()[-300:]}")
