@@ -12,15 +12,22 @@ timeout that reboots). The report endpoint is tested over HTTP on a real databas
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import textwrap
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from bootd_proc import Bootd
 from conftest import loopback_config
+from netlab import Lab, add_tap, qemu_argv
 
 from bootd import boot
 from bootd.app import http_app
@@ -40,7 +47,7 @@ MAC = "52:54:00:00:00:07"
 PROFILES = ("ubuntu-20.04", "ubuntu-24.04", "rhel-5.6", "rocky-9")  # one per family
 TOKEN = "operator-token"
 ERRNO = 0x2D0C613C  # what the fake fetches fail with
-FETCHES = ("kernel", "initrd", "chain", "imgfetch")
+VM_WAIT = 400.0  # TCG on shared cores: a bound, not a speed claim
 
 
 def config() -> Config:
@@ -186,7 +193,7 @@ def test_ipxe_every_fetch_retries_then_reports_and_reboots(script: str, profile:
         reports = [arg for what, arg in trace if what == "report"]
         assert len(reports) == 1
         report = parse_report(dict(parse_qsl(urlsplit(reports[0]).query)))
-        assert report == BootFailure(MAC, Step.KERNEL if url == urls[0] else Step.INITRD, url, ERRNO)
+        assert report == BootFailure(MAC, Step.KERNEL if url == urls[0] else Step.INITRD, url, ERRNO, 3)
         assert trace[-1] == ("reboot", "") and ("boot", "") not in trace
         # A hiccup: two failures, then the fetch works and the boot goes on.
         trace = Ipxe(script, lambda u, n, bad=url: u == bad and n <= 2).run()
@@ -201,6 +208,7 @@ def test_ipxe_a_kernel_that_will_not_start_is_reported() -> None:
     report = next(arg for what, arg in trace if what == "report")
     failure = parse_report(dict(parse_qsl(urlsplit(report).query)))
     assert failure.step is Step.BOOT and failure.url.endswith("/images/rocky-9/vmlinuz")
+    assert failure.tries == 1
     assert trace[-1] == ("reboot", "")
 
 
@@ -214,6 +222,8 @@ def test_ipxe_without_inc_gives_up_instead_of_looping() -> None:
 
     trace = NoInc(script, lambda u, n: True).run()
     assert len(fetched(trace)) == 1 and trace[-1] == ("reboot", "")
+    report = next(arg for what, arg in trace if what == "report")
+    assert parse_report(dict(parse_qsl(urlsplit(report).query))).tries == 0
 
 
 # -- GRUB and pxelinux: what they allow ---------------------------------------------------
@@ -264,12 +274,15 @@ def test_reports_are_parsed_cleaned_and_bounded() -> None:
     assert failure.url.startswith("http://x/a?b?[31m") and failure.url.endswith("...")
     assert "error 0x2d0c613c (https://ipxe.org/err/2d0c613c)" in failure.message
     assert parse_report({"mac": MAC, "step": "kernel", "errno": "42"}).errno == 42
-    assert parse_report({"mac": MAC, "step": "kernel"}).message == "kernel failed after the script's retries"
+    assert parse_report({"mac": MAC, "step": "kernel"}).message == "kernel failed"
+    assert parse_report({"mac": MAC, "step": "boot", "tries": "1"}).message == "boot failed (1 try)"
     for bad, what in (({"step": "kernel"}, "MAC"), ({"mac": "nope", "step": "kernel"}, "MAC"),
                       ({"mac": MAC, "step": "rm -rf"}, "step"), ({"mac": MAC}, "step"),
                       ({"mac": MAC, "step": "boot", "errno": "0x123456789"}, "errno"),
                       ({"mac": MAC, "step": "boot", "errno": "9999999999"}, "errno"),
-                      ({"mac": MAC, "step": "boot", "errno": "-1"}, "errno")):
+                      ({"mac": MAC, "step": "boot", "errno": "-1"}, "errno"),
+                      ({"mac": MAC, "step": "boot", "tries": "1000"}, "tries"),
+                      ({"mac": MAC, "step": "boot", "tries": "x"}, "tries")):
         with pytest.raises(InvalidInput, match=what):
             parse_report(bad)
 
@@ -312,7 +325,7 @@ KERNEL_URL = "http://127.0.0.1:8080/images/discovery/vmlinuz"
 
 def report_url(mac: str = MAC, step: str = "kernel", errno: str = "0x2d0c613c", url: str = KERNEL_URL) -> str:
     # As iPXE sends it: ':' escaped in the query (uri.c escapes "#:@" there).
-    return (f"/boot/failed?mac={quote(mac)}&step={quote(step)}&errno={quote(errno)}"
+    return (f"/boot/failed?mac={quote(mac)}&step={quote(step)}&tries=3&errno={quote(errno)}"
             f"&url={quote(url, safe='/')}")
 
 
@@ -322,7 +335,7 @@ async def test_report_is_an_event_of_the_node_with_that_mac(client: TestClient, 
     assert resp.status == 202 and await resp.text() == "recorded\n"
     event = [e for e in await repo.events("n7") if e.kind == "boot-failed"]
     assert len(event) == 1 and event[0].actor == "boot-script"
-    assert event[0].message == (f"kernel {KERNEL_URL} failed after the script's retries: "
+    assert event[0].message == (f"kernel {KERNEL_URL} failed (3 tries): "
                                 "error 0x2d0c613c (https://ipxe.org/err/2d0c613c)")
     assert (await repo.get_node("n7")).state is NodeState.DISCOVERING  # a note, not a move
 
@@ -332,7 +345,8 @@ async def test_report_never_creates_a_node_and_refuses_bad_input(client: TestCli
     resp = await client.get(report_url(mac="52:54:00:00:00:99"))
     assert resp.status == 404 and await repo.list_nodes() == []
     for url, what in ((report_url(mac="zz"), "invalid MAC"), (report_url(step="chainload"), "step"),
-                      (report_url(errno="0x1g"), "errno"), ("/boot/failed", "MAC")):
+                      (report_url(errno="0x1g"), "errno"),
+                      (report_url(mac="52:54:00:00:00:07 x"), "invalid MAC"), ("/boot/failed", "MAC")):
         resp = await client.get(url)
         assert resp.status == 400, url
         assert what in (await resp.json())["error"]
@@ -361,3 +375,75 @@ async def test_lifecycle_counts_outcomes(lifecycle: Lifecycle, repo: Repository)
         await lifecycle.boot_failed(report, now=1.0)
     assert await lifecycle.boot_failed(report, now=2.0) is Outcome.LIMITED
     assert lifecycle.boot_report_counts == {Outcome.RECORDED: 3, Outcome.UNKNOWN: 1, Outcome.LIMITED: 1}
+
+
+# -- real iPXE: a VM whose discovery kernel is missing ---------------------------------------
+
+@pytest.mark.lab
+def test_real_ipxe_retries_reports_and_reboots(lab: Lab, tmp_path: Path) -> None:
+    """A BIOS VM with Debian's iPXE ROM boots from bootd whose TFTP root has no discovery
+    image: iPXE tries the kernel three times, reports it, reboots, and does it again."""
+    server = "198.18.0.1"
+    srv = lab.add_host("srv", f"{server}/24")
+    state = tmp_path / "state"
+    (state / "tftp").mkdir(parents=True)
+    conf = tmp_path / "bootd.toml"
+    conf.write_text(textwrap.dedent(f"""\
+        [server]
+        admin_address = "{server}"
+        interfaces = ["eth0"]
+        state_dir = "{state}"
+        [services]
+        dns = false
+        [http]
+        listen = "{server}:8080"
+        [dhcp]
+        conflict_check = false
+        [[subnets]]
+        cidr = "198.18.0.0/24"
+        dynamic_pool = "198.18.0.100-198.18.0.199"
+        """))
+    bootd = Bootd(conf, srv.cmd()).start()
+    mac, tap, disk = "52:54:00:be:e1:01", "tap1", tmp_path / "disk.img"
+    disk.write_bytes(bytes(1 << 20))
+    add_tap(lab.switch, tap)
+    serial = tmp_path / "vm.serial"
+    started = time.monotonic()
+    with (tmp_path / "qemu.log").open("wb") as log:  # QEMU keeps its own copy
+        vm = subprocess.Popen(qemu_argv(lab.switch, mac=mac, tap=tap, disk=str(disk), serial=str(serial),
+                                        memory_mb=256), stdout=subprocess.DEVNULL, stderr=log)
+    lab.processes.append(vm)
+    try:
+        seen: list[float] = []
+
+        def failures() -> list[dict[str, Any]]:
+            listed = json.loads(bootd.cli("nodes", "list", "--json"))["nodes"]
+            names = [n["name"] for n in listed if mac in [i["mac"] for i in n["interfaces"]]]
+            if not names:
+                return []
+            events = json.loads(bootd.cli("nodes", "events", names[0], "--json"))["events"]
+            return [e for e in events if e["kind"] == "boot-failed"]
+
+        deadline = time.monotonic() + VM_WAIT
+        found: list[dict[str, Any]] = []
+        while len(found) < 2:  # the second report comes after the reboot
+            assert vm.poll() is None, "QEMU exited"
+            assert time.monotonic() < deadline, (
+                f"reports seen: {found}\n{serial.read_text(errors='replace')[-2000:]}")
+            time.sleep(2)
+            found = failures()
+            if len(found) > len(seen):
+                seen.append(time.monotonic() - started)
+        kernel = f"http://{server}:8080/images/discovery/vmlinuz"
+        for event in found:
+            # 0x2d0c613b is iPXE's "not found" (HTTP 404)
+            assert event["message"].startswith(f"kernel {kernel} failed (3 tries): error 0x2d0c613b")
+            assert event["actor"] == "boot-script"
+        print(f"\n{found[0]['message']}")
+        print(f"real iPXE: first report {seen[0]:.0f} s after power-on, second (after the reboot) "
+              f"{seen[1]:.0f} s")
+    finally:
+        vm.terminate()
+        vm.wait(timeout=30)
+        bootd.close()
+    assert "Traceback" not in bootd.stderr, bootd.stderr

@@ -3,7 +3,7 @@
 The iPXE script (bootd/templates/ipxe.j2) tries each kernel and initrd a few
 times; when they all fail it asks, before it reboots,
 
-    GET /boot/failed?mac=MAC&step=kernel&errno=0x3e0e6003&url=http://...
+    GET /boot/failed?mac=MAC&step=kernel&tries=3&errno=0x2d0c613b&url=http://...
 
 and bootd writes one event ("boot-failed") in the log of the node with that
 MAC. iPXE can only fetch a URL (its POST needs a build option Debian's does not
@@ -11,11 +11,11 @@ have), hence a GET that writes.
 
 The endpoint is unauthenticated and the query is whatever the sender chose, so
 everything here is bounded: the MAC must be one; the step is one of a few; the
-error is a 32-bit number; the URL is cut to MAX_URL printable ASCII characters
-(anything else shown as "?"). A report never creates a node. Reports are
-rate-limited per MAC (a token bucket: a machine in a reboot loop reports once
-per boot, which is a few a minute at most) and overall, before any database
-read, with the table of MACs bounded. Parsing and limiting are pure (the caller
+number of tries has at most three digits; the error is a 32-bit number; the URL
+is cut to MAX_URL printable ASCII characters (anything else shown as "?"). A
+report never creates a node. Reports are rate-limited per MAC (a token bucket:
+a machine in a reboot loop reports once per boot, a few a minute at most) and
+overall, before any database read, with the table of MACs bounded. Parsing and limiting are pure (the caller
 passes the clock); the lifecycle service writes the event.
 """
 
@@ -32,6 +32,7 @@ from bootd.model.names import mac_address
 KIND = "boot-failed"
 MAX_URL = 256
 _ERRNO = re.compile(r"(0x[0-9a-fA-F]{1,8}|[0-9]{1,10})")
+_TRIES = re.compile(r"[0-9]{1,3}")
 _UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
 
 
@@ -55,14 +56,15 @@ class BootFailure:
     step: Step
     url: str = ""  # cleaned and capped
     errno: int | None = None  # iPXE's error number (https://ipxe.org/err/XXXXXXXX)
+    tries: int | None = None
 
     @property
     def message(self) -> str:
         what = f"{self.step.value} {self.url}" if self.url else self.step.value
+        tries = "" if self.tries is None else f" ({self.tries} {'try' if self.tries == 1 else 'tries'})"
         if self.errno is None:
-            return f"{what} failed after the script's retries"
-        return (f"{what} failed after the script's retries: error {self.errno:#010x} "
-                f"(https://ipxe.org/err/{self.errno:08x})")
+            return f"{what} failed{tries}"
+        return f"{what} failed{tries}: error {self.errno:#010x} (https://ipxe.org/err/{self.errno:08x})"
 
 
 def clean_text(text: str, limit: int) -> str:
@@ -88,7 +90,11 @@ def parse_report(query: Mapping[str, str]) -> BootFailure:
         errno = int(errno_text, 0) if errno_text.startswith("0x") else int(errno_text)
         if errno > 0xFFFFFFFF:
             raise InvalidInput("errno must be a 32-bit number")
-    return BootFailure(mac, step, clean_text(query.get("url", ""), MAX_URL), errno)
+    tries_text = query.get("tries", "")
+    if tries_text and not _TRIES.fullmatch(tries_text):
+        raise InvalidInput(f"tries must be a number below 1000, not {clean_text(tries_text, 20)!r}")
+    tries = int(tries_text) if tries_text else None
+    return BootFailure(mac, step, clean_text(query.get("url", ""), MAX_URL), errno, tries)
 
 
 class _Bucket:
