@@ -604,3 +604,76 @@ def test_cli_prints_the_profile_and_progress_lines(tmp_path: Path, config: Confi
     listed = subprocess.run(["sha256sum", "-c", MANIFEST], cwd=config.tftp_root / "images/el5",
                             capture_output=True, text=True)
     assert listed.returncode == 0, listed.stdout + listed.stderr
+
+
+def test_a_killed_download_leaves_no_profile_and_the_next_run_resumes(tmp_path: Path, config: Config) -> None:
+    """A real `bootd images import URL` process, killed (SIGKILL) mid-download."""
+    import http.server
+    import signal
+    import sys
+    import threading
+    import time
+
+    iso = tmp_path / "noble.iso"
+    build_iso(iso, ubuntu_files())
+    data = iso.read_bytes()
+    half = len(data) // 2
+    release = threading.Event()
+    ranges: list[str | None] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ranges.append(self.headers.get("Range"))
+            if len(ranges) == 1:  # half the file, then nothing until the test is done
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[:half])
+                self.wfile.flush()
+                release.wait(60)
+                return
+            start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-"))
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Length", str(len(data) - start))
+            self.end_headers()
+            self.wfile.write(data[start:])
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/noble.iso"
+    command = [sys.executable, "-m", "bootd", "--config", config.source, "images", "import", url,
+               "--profile", "noble"]
+    try:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cache = config.state_dir / "cache" / "media"
+        try:
+            # Bounded wait for the first half to land on disk (not a timed assertion).
+            for _ in range(600):
+                parts = list(cache.rglob("noble.iso.part"))
+                if parts and parts[0].stat().st_size >= half:
+                    break
+                time.sleep(0.05)
+            else:
+                pytest.fail("the download never reached half-way")
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            release.set()
+        assert "noble" not in reload(config).profiles
+        assert not (config.tftp_root / "images/noble").exists()
+        again = subprocess.run(command, capture_output=True, text=True)
+        assert again.returncode == 0, again.stderr
+        assert f"resuming at {half} bytes" in again.stdout
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+    assert ranges == [None, f"bytes={half}-"]
+    config = reload(config)
+    assert (config.tftp_root / "images/noble/noble.iso").read_bytes() == data
+    assert_boots(config, "noble")

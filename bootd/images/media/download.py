@@ -89,7 +89,7 @@ def download(url: str, cache: Path, progress: Progress, opener: Opener = urllib.
             out.truncate(start)
             out.seek(start)
             try:
-                while chunk := response.read(CHUNK):
+                while chunk := response.read1(CHUNK):  # what has arrived: progress, and on disk
                     out.write(chunk)
                     progress.advance(len(chunk))
             except (OSError, http.client.HTTPException) as exc:
