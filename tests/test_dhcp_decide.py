@@ -9,10 +9,12 @@ import pytest
 
 from bootd.config import parse_config
 from bootd.dhcp.classify import classify
-from bootd.dhcp.decide import BROADCAST, Decider, Ingress, Outcome
+from bootd.dhcp.decide import Decider, Ingress, location_of
 from bootd.dhcp.leases import LeaseTable
 from bootd.dhcp.options import MessageType, Opt, Options
+from bootd.dhcp.outcome import Booted, Outcome, Verdict
 from bootd.dhcp.packet import BOOTREQUEST, BROADCAST_FLAG, Packet, parse
+from bootd.dhcp.reply import BROADCAST
 from bootd.model.clients import Arch, Firmware
 from bootd.model.records import DirectoryEntry, LeaseState
 from bootd.policy import Policy
@@ -24,7 +26,7 @@ interfaces = ["eth0"]
 [[subnets]]
 cidr = "198.18.0.0/24"
 router = "198.18.0.254"
-dns_servers = ["198.18.0.1"]
+dns_servers = ["198.18.0.53"]
 domain = "rack1.lab"
 lease_time = 600
 static_range = "198.18.0.10-198.18.0.19"
@@ -63,8 +65,8 @@ def ip(text: str) -> bytes:
 
 
 def wire(out: Outcome) -> Packet:
-    assert out.reply is not None, out.note
-    return parse(out.reply.encode())
+    assert out.reply is not None, out.reason
+    return parse(out.reply.data)
 
 
 def test_discover_request_ack_cycle() -> None:
@@ -80,7 +82,7 @@ def test_discover_request_ack_cycle() -> None:
     assert struct.unpack("!I", o[Opt.LEASE_TIME]) == (600,)
     assert o[Opt.SUBNET_MASK] == ip("255.255.255.0")
     assert o[Opt.ROUTER] == ip("198.18.0.254")
-    assert o[Opt.DNS_SERVERS] == ip("198.18.0.1")
+    assert o[Opt.DNS_SERVERS] == ip("198.18.0.53")
     assert o[Opt.DOMAIN_NAME] == b"rack1.lab"
     assert Opt.BOOTFILE_NAME not in o  # not a network-boot client
     ack = d.handle(msg(MessageType.REQUEST, requested=ip("198.18.0.100"), server_id=SERVER.packed), ing,
@@ -99,12 +101,30 @@ def test_two_clients_get_different_addresses_and_the_pool_runs_out() -> None:
     got = {wire(d.handle(msg(MessageType.DISCOVER, bytes([0x52, 0, 0, 0, 1, i])), ing, NOW)).yiaddr
            for i in range(3)}
     assert got == {IPv4Address(f"198.18.0.{n}") for n in (100, 101, 102)}
+    # All three taken (bound): nothing for a fourth client.
+    for i, n in enumerate((100, 101, 102)):
+        mac = bytes([0x52, 0, 0, 0, 1, i])
+        req = msg(MessageType.REQUEST, mac, requested=ip(f"198.18.0.{n}"), server_id=ip("198.18.0.1"))
+        ack = d.handle(req, ing, NOW)
+        assert ack.verdict is Verdict.ACK, ack.reason
     out = d.handle(msg(MessageType.DISCOVER, bytes([0x52, 0, 0, 0, 1, 9])), ing, NOW)
-    assert out.reply is None
-    assert out.note == "no free address in the pool"
-    # Offers lapse after offer_hold; then the pool has room again.
-    later = d.handle(msg(MessageType.DISCOVER, bytes([0x52, 0, 0, 0, 1, 9])), ing, NOW + 31)
-    assert wire(later).options.message_type is MessageType.OFFER
+    assert out.reply is None and out.verdict is Verdict.EXHAUSTED
+    assert out.reason == "no free address in the pool"
+
+
+def test_offers_hold_softly_so_a_discover_flood_cannot_starve_a_real_client() -> None:
+    d, ing = make()
+    for i in range(200):  # spoofed MACs, each DISCOVER never followed by a REQUEST
+        d.handle(msg(MessageType.DISCOVER, bytes([0x02, 0, 0, 0, i >> 8, i & 255])), ing, NOW + i * 0.001)
+    real = bytes([0x52, 0, 0, 0, 7, 7])
+    offer = d.handle(msg(MessageType.DISCOVER, real), ing, NOW + 1)
+    assert offer.verdict is Verdict.OFFER
+    yiaddr = wire(offer).yiaddr
+    ack = d.handle(msg(MessageType.REQUEST, real, requested=yiaddr.packed, server_id=ip("198.18.0.1")),
+                   ing, NOW + 1)
+    assert ack.verdict is Verdict.ACK
+    # The table never holds more than the pool, however many spoofed MACs asked.
+    assert len(d.table.by_ip) <= 3 and len(d.table.by_client) <= 3
 
 
 def test_known_node_gets_its_reservation_and_name() -> None:
@@ -117,7 +137,7 @@ def test_known_node_gets_its_reservation_and_name() -> None:
     nak = d.handle(msg(MessageType.REQUEST, bytes.fromhex("525400000009"), requested=ip("198.18.0.101")),
                    ing, NOW)
     assert wire(nak).options.message_type is MessageType.NAK
-    assert "not this client's address" in nak.note
+    assert "not this client's address" in nak.reason
 
 
 def test_client_id_identifies_the_client_and_is_echoed() -> None:
@@ -143,7 +163,7 @@ def test_naks(case: str, packet: Packet, words: str) -> None:
     out = d.handle(packet, ing, NOW)
     p = wire(out)
     assert p.options.message_type is MessageType.NAK
-    assert words in out.note
+    assert words in out.reason
     assert words in p.options[Opt.MESSAGE].decode()
     assert (out.reply.ip, out.reply.port) == (BROADCAST, 68)
 
@@ -152,7 +172,7 @@ def test_not_authoritative_stays_silent() -> None:
     d, ing = make(authoritative=False)
     out = d.handle(msg(MessageType.REQUEST, requested=ip("10.9.9.9")), ing, NOW)
     assert out.reply is None
-    assert "silent" in out.note
+    assert "silent" in out.reason
 
 
 def test_init_reboot_and_renew_and_rebind() -> None:
@@ -169,7 +189,7 @@ def test_init_reboot_and_renew_and_rebind() -> None:
     # Another client trying to renew an address it does not hold is refused.
     nak = d.handle(msg(MessageType.REQUEST, MAC2, ciaddr="198.18.0.101", flags=BROADCAST_FLAG), ing, NOW)
     assert wire(nak).options.message_type is MessageType.NAK
-    assert "held by another client" in nak.note
+    assert "held by another client" in nak.reason
 
 
 def test_selecting_another_server_drops_our_offer() -> None:
@@ -177,7 +197,7 @@ def test_selecting_another_server_drops_our_offer() -> None:
     offered = wire(d.handle(msg(MessageType.DISCOVER), ing, NOW)).yiaddr
     out = d.handle(msg(MessageType.REQUEST, requested=ip("10.0.0.5"), server_id=ip("10.0.0.1")), ing, NOW)
     assert out.reply is None
-    assert out.note == "client chose server 10.0.0.1"
+    assert out.reason == "client chose server 10.0.0.1"
     assert d.table.at(int(offered)) is None
 
 
@@ -220,12 +240,25 @@ def test_relayed_discover_served_from_giaddr_subnet_back_to_relay_with_option_82
     assert p.options[Opt.RELAY_AGENT_INFO] == relay
     assert p.options[Opt.SUBNET_MASK] == ip("255.255.0.0")
     assert (out.reply.ip, out.reply.port) == (IPv4Address("198.19.0.1"), 67)
-    assert out.location == "sw12/ge-0/7"
+    assert location_of(msg(MessageType.DISCOVER, giaddr="198.19.0.1", relay=relay)) == "sw12/ge-0/7"
+    pxe = d.handle(msg(MessageType.DISCOVER, MAC2, giaddr="198.19.0.1", relay=relay,
+                       vendor=b"PXEClient:Arch:00000:UNDI:002001"), ing, NOW)
+    assert any(isinstance(e, Booted) and e.location == "sw12/ge-0/7" for e in pxe.effects)
+
+
+def test_option_82_from_a_client_that_is_not_relayed_is_neither_trusted_nor_echoed() -> None:
+    d, ing = make()
+    relay = b"\x01\x06ge-0/7\x02\x04sw12"
+    out = d.handle(msg(MessageType.DISCOVER, relay=relay, vendor=b"PXEClient:Arch:00000:UNDI:002001"),
+                   ing, NOW)
+    assert Opt.RELAY_AGENT_INFO not in wire(out).options
+    booted = [e for e in out.effects if isinstance(e, Booted)]
+    assert booted and booted[0].location is None
     nak = d.handle(msg(MessageType.REQUEST, giaddr="198.19.0.1", requested=ip("198.18.0.100")), ing, NOW)
     assert wire(nak).flags & BROADCAST_FLAG
     unknown = d.handle(msg(MessageType.DISCOVER, giaddr="203.0.113.1"), ing, NOW)
     assert unknown.dropped
-    assert unknown.note == "no configured subnet for relay 203.0.113.1"
+    assert unknown.reason == "no configured subnet for relay 203.0.113.1"
 
 
 PXE = b"PXEClient:Arch:00000:UNDI:002001"
@@ -309,5 +342,5 @@ def test_unexpected_messages_are_dropped_with_a_reason(packet: Packet, words: st
     d, ing = make()
     out = d.handle(packet, ing, NOW)
     assert out.dropped
-    assert words in out.note
+    assert words in out.reason
     assert out.reply is None

@@ -27,7 +27,7 @@ SUBNETS = """
 [[subnets]]
 cidr = "198.18.0.0/24"
 router = "198.18.0.254"
-dns_servers = ["198.18.0.1"]
+dns_servers = ["198.18.0.53"]
 domain = "lab.test"
 lease_time = 600
 static_range = "198.18.0.10-198.18.0.49"
@@ -165,7 +165,7 @@ def test_dhclient_gets_and_releases_a_lease(lab: Lab, server: Callable[..., Boot
     assert bound["new_subnet_mask"] == "255.255.255.0"
     assert bound["new_routers"] == "198.18.0.254"
     assert bound["new_domain_name"] == "lab.test"
-    assert bound["new_domain_name_servers"] == "198.18.0.1"
+    assert bound["new_domain_name_servers"] == "198.18.0.53"
     assert "198.18.0.100/24" in c1.run("ip", "-4", "addr", "show", "eth0").stdout
     lease = leases(b)[mac_of(c1)]
     assert (lease["ip"], lease["state"]) == ("198.18.0.100", "bound")
@@ -182,7 +182,7 @@ def test_udhcpc_binds_renews_releases(lab: Lab, server: Callable[..., Bootd], tm
         bound = u.wait("bound")
         assert bound["ip"] == "198.18.0.100"
         assert bound["router"] == "198.18.0.254"
-        assert bound["dns"].strip() == "198.18.0.1"
+        assert bound["dns"].strip() == "198.18.0.53"
         assert bound["domain"] == "lab.test"
         assert bound["lease"] == "600"
         first = leases(b)[mac_of(c1)]["expires_at"]
@@ -367,8 +367,9 @@ def test_garbage_on_the_wire_is_logged_once_and_service_continues(
     finally:
         u.stop()
     assert b.stop() == 0
-    assert b.stderr.count("dropped malformed packet reason=\"too short for DHCP (24 bytes)\"") == 1
-    assert "magic cookie" in b.stderr
-    assert "malformed=51" in b.stderr
+    # One line per drop reason a minute, whatever the text or sender varies; all counted.
+    assert b.stderr.count("dropped packet why=malformed") == 1
+    assert 'reason="too short for DHCP (24 bytes)"' in b.stderr
+    assert "dropped-malformed=51" in b.stderr
     with socket.socket():
         pass

@@ -8,7 +8,11 @@ address (RFC 2131 section 4.2). Addresses are ints here for speed.
 Allocation from a pool prefers addresses never handed out (a cursor walks the
 pool once), then the address whose lease ended longest ago, so that a client
 that comes back soon finds its old address still free (RFC 2131 section 4.3.1
-asks servers to hand a client its previous address when they can).
+asks servers to hand a client its previous address when they can). An offer
+holds its address only softly: with nothing else left, the oldest offer another
+client has not taken is offered again. Kea 2.2 and dnsmasq hold nothing for an
+OFFER; holding it firmly let a flood of DISCOVERs from spoofed MACs starve real
+clients for the whole hold time (measured: ~30 s without a lease).
 """
 
 from __future__ import annotations
@@ -101,8 +105,8 @@ class LeaseTable:
             del self.by_ip[lease.ip]
             del self.by_client[key]
 
-    def allocate(self, pool: AddressRange, now: float,
-                 usable: Callable[[int], bool]) -> int | None:
+    def allocate(self, pool: AddressRange, now: float, usable: Callable[[int], bool],
+                 key: bytes | None = None) -> int | None:
         first, last = int(pool.first), int(pool.last)
         cursor = self._cursors.get((first, last), first)
         while cursor <= last and cursor in self.by_ip:
@@ -112,12 +116,22 @@ class LeaseTable:
         for ip in range(cursor, min(last, cursor + SCAN_WINDOW) + 1):
             if ip not in self.by_ip and usable(ip):
                 return ip
-        # Reuse: the address free for longest.
+        # Reuse: the address free for longest; failing that, the oldest offer
+        # another client has not taken (offers hold softly).
         best: Lease | None = None
+        oldest_offer: Lease | None = None
         for ip, lease in self.by_ip.items():
-            if first <= ip <= last and not lease.held(now) and (best is None or lease.expires < best.expires):
-                best = lease
-        return None if best is None else best.ip
+            if not first <= ip <= last:
+                continue
+            if not lease.held(now):
+                if best is None or lease.expires < best.expires:
+                    best = lease
+            elif lease.state is LeaseState.OFFERED and lease.client_key != key and (
+                    oldest_offer is None or lease.expires < oldest_offer.expires):
+                oldest_offer = lease
+        if best is not None:
+            return best.ip
+        return None if oldest_offer is None else oldest_offer.ip
 
     def unused(self, pool: AddressRange, skip: Callable[[int], bool], limit: int) -> list[int]:
         """Up to `limit` never-handed-out addresses of pool for which skip() is false."""

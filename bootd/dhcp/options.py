@@ -22,6 +22,9 @@ class MalformedPacket(ValueError):
     """Bytes that are not a usable DHCP message; str() says why."""
 
 
+MAX_CLIENT_ID = 127
+
+
 class Opt(enum.IntEnum):
     PAD = 0
     SUBNET_MASK = 1
@@ -187,6 +190,10 @@ class Options(Mapping[int, bytes]):
         value = self._values.get(Opt.CLIENT_ID)
         if value is not None and len(value) < 2:  # RFC 2132 9.14: at least 2 octets
             raise MalformedPacket("option 61 (client identifier) is shorter than 2 bytes")
+        if value is not None and len(value) > MAX_CLIENT_ID:
+            # RFC 3396 lets a long option span several TLVs; a lease row keeps it (as
+            # hex) in 255 characters, and no real client needs more than a DUID's 130.
+            raise MalformedPacket(f"option 61 (client identifier) is longer than {MAX_CLIENT_ID} bytes")
         return value
 
     @property

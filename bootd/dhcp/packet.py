@@ -27,6 +27,7 @@ MIN_MESSAGE = 300
 DEFAULT_MAX_MESSAGE = 576  # RFC 2131 section 2: every client accepts this much
 IP_UDP_HEADERS = 28
 BOOTREQUEST, BOOTREPLY = 1, 2
+HTYPE_ETHERNET = 1
 BROADCAST_FLAG = 0x8000
 ZERO = IPv4Address(0)
 
@@ -82,6 +83,10 @@ def parse(data: bytes) -> Packet:
         raise MalformedPacket(f"invalid op {op}")
     if hlen > 16:
         raise MalformedPacket(f"invalid hardware address length {hlen}")
+    if htype == HTYPE_ETHERNET and hlen != 6:
+        # RFC 1700 / ARP: Ethernet addresses are 6 octets; anything else would be
+        # stored as a MAC no interface has (and, at 16 octets, longer than a MAC column).
+        raise MalformedPacket(f"Ethernet (htype 1) with hardware address length {hlen}, not 6")
     items = list(parse_tlvs(data[HEADER_SIZE:], "options"))
     overload = Options(items).overload
     if overload & 1:

@@ -7,8 +7,15 @@ the client hears of it, and a burst of clients costs one fsync per batch, not
 one per client.
 
 Conflict checks keep a stock of probed-free addresses per dynamic pool,
-refilled in the background (probe.py); an exhausted stock wakes the refill,
-and the client's retransmission finds an address a moment later.
+refilled in the background (probe.py); the decision reads the stock as data
+and says which address it used (an effect applied here); an exhausted stock
+wakes the refill, and the client's retransmission finds an address a moment
+later.
+
+A batch that fails to commit is retried row by row, so one bad row (a value
+PostgreSQL refuses) costs that client its answer, not everyone in the batch.
+Log lines: per verdict or drop reason (a fixed set), at most one a minute
+each; every packet is counted.
 """
 
 from __future__ import annotations
@@ -18,19 +25,21 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
+from typing import Protocol
 
 import netifaces
 
 from bootd.config import Config, DhcpMode, Subnet
-from bootd.db.repository import Repository
-from bootd.dhcp.decide import PXE_PORT, SERVER_PORT, Decider, Ingress
+from bootd.dhcp.decide import Decider, Ingress
 from bootd.dhcp.leases import LeaseTable
 from bootd.dhcp.options import MalformedPacket
-from bootd.dhcp.packet import parse
+from bootd.dhcp.outcome import Booted, Drop, Outcome, PersistLease, PoolExhausted, UsedProbed, Verdict
+from bootd.dhcp.packet import ZERO, Packet, parse
 from bootd.dhcp.probe import ArpProber, IcmpProber
+from bootd.dhcp.reply import PXE_PORT, SERVER_PORT
 from bootd.dhcp.transport import Datagram, DhcpSocket
 from bootd.errors import BootdError
 from bootd.logs import Throttle, kv
@@ -38,7 +47,16 @@ from bootd.model.records import LeaseRecord, LeaseState
 from bootd.policy import Policy
 
 log = logging.getLogger("bootd.dhcp")
-DROP_LOG_INTERVAL = 60.0  # one log line per reason and source per minute; all are counted
+DROP_LOG_INTERVAL = 60.0  # one log line per verdict or drop reason per minute; all are counted
+QUIET = (Verdict.OFFER, Verdict.ACK, Verdict.PROXY_OFFER, Verdict.PROXY_ACK, Verdict.INFORM)
+
+
+class LeaseStore(Protocol):
+    """What DHCP needs of the inventory (the repository satisfies it)."""
+
+    async def put_leases(self, leases: Sequence[LeaseRecord]) -> None: ...
+
+    async def list_leases(self) -> list[LeaseRecord]: ...
 STOCK_LOW, PROBE_BATCH = 64, 128
 REFILL_IDLE = 1.0
 CONFLICT_QUARANTINE = 600.0
@@ -51,12 +69,14 @@ class LeaseWriter:
     would keep SQLite's write lock until the connection is collected): run()
     shields it, and flush() waits for it before writing what is left."""
 
-    def __init__(self, repo: Repository) -> None:
+    def __init__(self, repo: LeaseStore) -> None:
         self._repo = repo
         self._queue: list[tuple[LeaseRecord, Callable[[], object] | None]] = []
         self._wake = asyncio.Event()
         self._current: asyncio.Task[None] | None = None
         self.batches = 0
+        self.failed = 0
+        self._say = Throttle(DROP_LOG_INTERVAL, keys=8)
 
     def submit(self, record: LeaseRecord, then: Callable[[], object] | None) -> None:
         self._queue.append((record, then))
@@ -76,13 +96,36 @@ class LeaseWriter:
         try:
             await self._repo.put_leases([record for record, _ in batch])
         except BootdError as exc:
-            # Not durable, so not promised: the clients retransmit and are answered then.
-            log.error("lease write failed; replies withheld", extra=kv(leases=len(batch), reason=str(exc)))
+            if len(batch) == 1:
+                # Not durable, so not promised: the client retransmits and is answered then.
+                self.failed += 1
+                if self._say(time.monotonic(), "lease-write"):
+                    log.error("lease write failed; reply withheld",
+                              extra=kv(ip=str(batch[0][0].ip), mac=batch[0][0].mac, reason=str(exc),
+                                       failed=self.failed))
+                return
+            # One bad row must not cost the whole batch its answers: row by row.
+            for item in batch:
+                await self._write_one(item)
             return
         self.batches += 1
         for _, then in batch:
             if then is not None:
                 then()
+
+    async def _write_one(self, item: tuple[LeaseRecord, Callable[[], object] | None]) -> None:
+        record, then = item
+        try:
+            await self._repo.put_leases([record])
+        except BootdError as exc:
+            self.failed += 1
+            if self._say(time.monotonic(), "lease-write"):
+                log.error("lease write failed; reply withheld",
+                          extra=kv(ip=str(record.ip), mac=record.mac, reason=str(exc), failed=self.failed))
+            return
+        self.batches += 1
+        if then is not None:
+            then()
 
     async def flush(self) -> None:
         if self._current is not None and not self._current.done():
@@ -103,7 +146,7 @@ class _Stock:
 class DhcpService:
     name = "dhcp"
 
-    def __init__(self, config: Config, repo: Repository, policy: Policy,
+    def __init__(self, config: Config, repo: LeaseStore, policy: Policy,
                  clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self._repo = repo
@@ -113,11 +156,13 @@ class DhcpService:
         self.decider = Decider(config, policy, self.table)
         self.writer = LeaseWriter(repo)
         self.counters: Counter[str] = Counter()
+        self._unlogged: Counter[Drop | Verdict] = Counter()
         self._sockets: list[DhcpSocket] = []
         self._ingress: dict[tuple[str, int], Ingress] = {}
         self._stocks: list[_Stock] = []
         self._refill = asyncio.Event()
-        self._log_drop = Throttle(DROP_LOG_INTERVAL)
+        self._say = Throttle(DROP_LOG_INTERVAL, keys=64)
+        self._free: dict[tuple[int, int], set[int]] = {}
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -149,7 +194,10 @@ class DhcpService:
             for subnet in self.config.subnets:  # reached through relays: ICMP
                 if subnet.dynamic_pool is not None and id(subnet) not in linked:
                     self._stocks.append(_Stock(subnet, IcmpProber()))
-            self.decider.usable = self._usable
+            for stock in self._stocks:
+                pool = stock.subnet.dynamic_pool
+                assert pool is not None
+                self._free[(int(pool.first), int(pool.last))] = stock.free
         log.info("listening", extra=kv(mode=self.config.dhcp.mode.value,
                                        interfaces=",".join(self.config.interfaces),
                                        leases=len(self.table.by_ip)))
@@ -181,63 +229,80 @@ class DhcpService:
         try:
             packet = parse(dgram.data)
         except MalformedPacket as exc:
-            self._dropped("malformed", str(exc), dgram.source, sock.interface)
+            self._log(Drop.MALFORMED, str(exc), sock.interface, dgram.source)
             return
-        outcome = self.decider.handle(packet, ingress, self._clock())
+        outcome = self.decider.handle(packet, ingress, self._clock(), self._free if self._stocks else None)
+        self.counters[outcome.verdict.value] += 1
         if outcome.dropped:
-            self._dropped("unexpected", outcome.note, dgram.source, sock.interface, packet.mac)
+            assert outcome.drop is not None
+            self._log(outcome.drop, outcome.reason, sock.interface, dgram.source, packet.mac)
             return
-        if outcome.client is not None and outcome.client.booting:
-            self._policy.booted(outcome.client, outcome.location)
-        if outcome.persist is not None and outcome.persist.state is LeaseState.BOUND:
-            self._policy.leased(outcome.persist.mac, IPv4Address(outcome.persist.ip))
-        if outcome.extra.get("exhausted"):
-            self._refill.set()
-        reply = outcome.reply
-        level = logging.DEBUG if outcome.note in ("offer", "proxy offer") or outcome.note.startswith(
-            "ack") else logging.INFO
-        if log.isEnabledFor(level):
-            log.log(level, outcome.note, extra=kv(mac=packet.mac, xid=f"{packet.xid:08x}",
-                                                  interface=sock.interface, relay=_relay(packet.giaddr)))
-        if reply is None:
-            if outcome.persist is not None:
-                self.writer.submit(outcome.persist.record(), None)
-            self.counters["silent"] += 1
-            return
-        data = reply.encode()
-        kind = outcome.note.split(" ")[0].rstrip(":")
-        if outcome.persist is not None:
-            self.writer.submit(outcome.persist.record(), lambda: self._send(sock, data, reply.ip,
-                                                                            reply.port, kind))
-        else:
-            self._send(sock, data, reply.ip, reply.port, kind)
+        self._apply(outcome, sock, ingress, packet)
+        if outcome.verdict not in QUIET:
+            self._log(outcome.verdict, outcome.reason, sock.interface, dgram.source, packet.mac)
 
-    def _send(self, sock: DhcpSocket, data: bytes, ip: IPv4Address, port: int, kind: str) -> None:
+    def _apply(self, outcome: Outcome, sock: DhcpSocket, ingress: Ingress, packet: Packet) -> None:
+        """Effects first (all in memory), then the reply: after its lease is durable."""
+        persist = None
+        for effect in outcome.effects:
+            if isinstance(effect, Booted):
+                self._policy.booted(effect.client, effect.location, via=_via(ingress, packet))
+            elif isinstance(effect, PersistLease):
+                persist = effect.lease
+                ip = IPv4Address(persist.ip)
+                if persist.state is LeaseState.BOUND:
+                    self._policy.leased(persist.mac, ip)
+                else:  # released, declined
+                    self._policy.unleased(ip)
+            elif isinstance(effect, UsedProbed):
+                self._take_probed(effect.ip)
+            elif isinstance(effect, PoolExhausted):
+                self._refill.set()
+        if outcome.verdict is Verdict.PROXY_ACK and packet.ciaddr != ZERO:
+            # Proxy mode holds no leases: the PXE client's own address on its 4011
+            # request is the best bootd knows of who holds which address.
+            self._policy.leased(packet.mac, packet.ciaddr)
+        reply = outcome.reply
+        if reply is None:
+            if persist is not None:
+                self.writer.submit(persist.record(), None)
+            return
+        if persist is not None:
+            self.writer.submit(persist.record(), lambda: self._send(sock, reply.data, reply.ip, reply.port))
+        else:
+            self._send(sock, reply.data, reply.ip, reply.port)
+
+    def _send(self, sock: DhcpSocket, data: bytes, ip: IPv4Address, port: int) -> None:
         if sock.send(data, ip, port):
-            self.counters[kind] += 1
+            self.counters["sent"] += 1
         else:
             self.counters["send_errors"] += 1
 
-    def _dropped(self, what: str, reason: str, source: tuple[str, int], interface: str,
-                 mac: str | None = None) -> None:
-        self.counters[what] += 1
-        if self._log_drop(time.monotonic(), reason, source[0]):
-            log.warning(f"dropped {what} packet", extra=kv(reason=reason, source=f"{source[0]}:{source[1]}",
-                                                            interface=interface, mac=mac))
+    def _log(self, why: Drop | Verdict, reason: str, interface: str, source: tuple[str, int],
+             mac: str | None = None) -> None:
+        """One line per verdict or drop reason per minute (never per attacker-chosen
+        text or source), with how many were not logged; everything is counted."""
+        if isinstance(why, Drop):
+            self.counters[f"dropped-{why.value}"] += 1
+        self._unlogged[why] += 1
+        if not self._say(time.monotonic(), why.value):
+            return
+        level = logging.WARNING if isinstance(why, Drop) else logging.INFO
+        count, self._unlogged[why] = self._unlogged[why], 0
+        log.log(level, "dropped packet" if isinstance(why, Drop) else reason,
+                extra=kv(why=why.value, reason=reason[:200] if isinstance(why, Drop) else None,
+                         mac=mac, interface=interface, source=f"{source[0]}:{source[1]}",
+                         last_minute=count if count > 1 else None))
 
     # -- conflict checks --------------------------------------------------------------
 
-    def _usable(self, ip: int) -> bool:
+    def _take_probed(self, ip: int) -> None:
         for stock in self._stocks:
-            pool = stock.subnet.dynamic_pool
-            if pool is not None and int(pool.first) <= ip <= int(pool.last):
-                if ip in stock.free:
-                    stock.free.discard(ip)
-                    if len(stock.free) < STOCK_LOW:
-                        self._refill.set()
-                    return True
-                return False
-        return True
+            if ip in stock.free:
+                stock.free.discard(ip)
+                if len(stock.free) < STOCK_LOW:
+                    self._refill.set()
+                return
 
     async def _keep_stock(self) -> None:
         while True:
@@ -273,8 +338,9 @@ class DhcpService:
         stock.free.update(ip for ip in candidates if ip not in taken)
 
 
-def _relay(giaddr: IPv4Address) -> str | None:
-    return None if int(giaddr) == 0 else str(giaddr)
+def _via(ingress: Ingress, packet: Packet) -> str:
+    """Where a client is, for per-interface rate limits: its relay, or our interface."""
+    return f"relay {packet.giaddr}" if packet.giaddr != ZERO else ingress.interface
 
 
 def _ipv4_interfaces(interface: str) -> list[IPv4Interface]:
