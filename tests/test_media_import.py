@@ -677,3 +677,16 @@ def test_a_killed_download_leaves_no_profile_and_the_next_run_resumes(tmp_path: 
     config = reload(config)
     assert (config.tftp_root / "images/noble/noble.iso").read_bytes() == data
     assert_boots(config, "noble")
+
+
+def test_two_imports_of_one_profile_at_once_are_refused(tmp_path: Path, config: Config) -> None:
+    import fcntl
+
+    tree = rhel5_tree(tmp_path / "tree")
+    images_dir = config.tftp_root / "images"
+    images_dir.mkdir(parents=True)
+    with (images_dir / ".el5.lock").open("a") as held:  # as a running import holds it
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(MediaError, match="another import of profile el5 is running"):
+            run_import(config, tree, "el5")
+    assert "el5" in run_import(config, tree, "el5").profiles

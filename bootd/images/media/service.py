@@ -20,10 +20,11 @@ leaves nothing registered:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,16 +184,28 @@ def _run(config: Config, request: Request, progress: Progress, local: Path, medi
     stat = local.stat()
     identity = json.dumps({"source": str(local.resolve()), "size": stat.st_size,
                            "mtime_ns": stat.st_mtime_ns, "layout": plan.layout.value})
-    staging, resumed = prepare(target, identity)
-    if resumed:
-        progress.note(f"resuming the import in {staging}")
-    progress.begin(f"import {request.name}", plan.total)
-    recorded = copy_plan(plan, medium, staging, progress)
-    progress.end()
     owner = _owner(config.state_dir)
-    commit(staging, target, recorded, owner)
-    _write_profile(profile_path, profile_text(profile, request.source, plan.describe), owner)
+    with _only_import_of(target):
+        staging, resumed = prepare(target, identity)
+        if resumed:
+            progress.note(f"resuming the import in {staging}")
+        progress.begin(f"import {request.name}", plan.total)
+        recorded = copy_plan(plan, medium, staging, progress)
+        progress.end()
+        commit(staging, target, recorded, owner)
+        _write_profile(profile_path, profile_text(profile, request.source, plan.describe), owner)
     return Imported(profile, plan, target, profile_path, resumed, time.monotonic() - started)
+
+
+@contextlib.contextmanager
+def _only_import_of(target: Path) -> Iterator[None]:
+    """Two imports of one profile at once would write one staging directory."""
+    with target.with_name(f".{target.name}.lock").open("a") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MediaError(f"another import of profile {target.name} is running") from None
+        yield
 
 
 def _image_name(local: Path, name: str) -> str:
