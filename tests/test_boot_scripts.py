@@ -379,40 +379,60 @@ async def test_lifecycle_counts_outcomes(lifecycle: Lifecycle, repo: Repository)
 
 # -- real iPXE: a VM whose discovery kernel is missing ---------------------------------------
 
-@pytest.mark.lab
-def test_real_ipxe_retries_reports_and_reboots(lab: Lab, tmp_path: Path) -> None:
-    """A BIOS VM with Debian's iPXE ROM boots from bootd whose TFTP root has no discovery
-    image: iPXE tries the kernel three times, reports it, reboots, and does it again."""
-    server = "198.18.0.1"
-    srv = lab.add_host("srv", f"{server}/24")
+SERVER = "198.18.0.1"
+PXELINUX = ("/usr/lib/PXELINUX/pxelinux.0", "/usr/lib/syslinux/modules/bios/ldlinux.c32",
+            "/usr/lib/syslinux/modules/bios/reboot.c32", "/usr/lib/syslinux/modules/bios/libcom32.c32")
+
+
+def start_lab_bootd(lab: Lab, tmp_path: Path, extra: str = "", log: Path | None = None) -> Bootd:
+    """bootd in the lab with an empty TFTP root: no discovery image, so every kernel 404s.
+    With `log`, at debug level into that file, which a test can read while it runs."""
+    srv = lab.add_host("srv", f"{SERVER}/24")
     state = tmp_path / "state"
     (state / "tftp").mkdir(parents=True)
     conf = tmp_path / "bootd.toml"
     conf.write_text(textwrap.dedent(f"""\
         [server]
-        admin_address = "{server}"
+        admin_address = "{SERVER}"
         interfaces = ["eth0"]
         state_dir = "{state}"
+        log_level = "{'info' if log is None else 'debug'}"
         [services]
         dns = false
         [http]
-        listen = "{server}:8080"
+        listen = "{SERVER}:8080"
         [dhcp]
         conflict_check = false
         [[subnets]]
         cidr = "198.18.0.0/24"
         dynamic_pool = "198.18.0.100-198.18.0.199"
-        """))
-    bootd = Bootd(conf, srv.cmd()).start()
-    mac, tap, disk = "52:54:00:be:e1:01", "tap1", tmp_path / "disk.img"
+        """) + textwrap.dedent(extra))
+    if log is None:
+        return Bootd(conf, srv.cmd()).start()
+    return Bootd(conf, srv.cmd("sh", "-c", 'exec "$@" 2>>"$0"', str(log))).start()
+
+
+def start_vm(lab: Lab, tmp_path: Path, mac: str) -> subprocess.Popen[bytes]:
+    """A BIOS VM with the iPXE ROM of Debian's ipxe-qemu on its virtio NIC."""
+    disk, tap = tmp_path / "disk.img", "tap1"
     disk.write_bytes(bytes(1 << 20))
     add_tap(lab.switch, tap)
-    serial = tmp_path / "vm.serial"
-    started = time.monotonic()
     with (tmp_path / "qemu.log").open("wb") as log:  # QEMU keeps its own copy
-        vm = subprocess.Popen(qemu_argv(lab.switch, mac=mac, tap=tap, disk=str(disk), serial=str(serial),
-                                        memory_mb=256), stdout=subprocess.DEVNULL, stderr=log)
+        vm = subprocess.Popen(qemu_argv(lab.switch, mac=mac, tap=tap, disk=str(disk),
+                                        serial=str(tmp_path / "vm.serial"), memory_mb=256),
+                              stdout=subprocess.DEVNULL, stderr=log)
     lab.processes.append(vm)
+    return vm
+
+
+@pytest.mark.lab
+def test_real_ipxe_retries_reports_and_reboots(lab: Lab, tmp_path: Path) -> None:
+    """A VM with Debian's iPXE ROM boots from bootd whose TFTP root has no discovery
+    image: iPXE tries the kernel three times, reports it, reboots, and does it again."""
+    bootd = start_lab_bootd(lab, tmp_path)
+    mac = "52:54:00:be:e1:01"
+    started = time.monotonic()
+    vm = start_vm(lab, tmp_path, mac)
     try:
         seen: list[float] = []
 
@@ -428,13 +448,12 @@ def test_real_ipxe_retries_reports_and_reboots(lab: Lab, tmp_path: Path) -> None
         found: list[dict[str, Any]] = []
         while len(found) < 2:  # the second report comes after the reboot
             assert vm.poll() is None, "QEMU exited"
-            assert time.monotonic() < deadline, (
-                f"reports seen: {found}\n{serial.read_text(errors='replace')[-2000:]}")
+            assert time.monotonic() < deadline, f"reports seen: {found}"
             time.sleep(2)
             found = failures()
             if len(found) > len(seen):
                 seen.append(time.monotonic() - started)
-        kernel = f"http://{server}:8080/images/discovery/vmlinuz"
+        kernel = f"http://{SERVER}:8080/images/discovery/vmlinuz"
         for event in found:
             # 0x2d0c613b is iPXE's "not found" (HTTP 404)
             assert event["message"].startswith(f"kernel {kernel} failed (3 tries): error 0x2d0c613b")
@@ -447,3 +466,44 @@ def test_real_ipxe_retries_reports_and_reboots(lab: Lab, tmp_path: Path) -> None
         vm.wait(timeout=30)
         bootd.close()
     assert "Traceback" not in bootd.stderr, bootd.stderr
+
+
+@pytest.mark.lab
+def test_real_pxelinux_reboots_when_the_kernel_is_missing(lab: Lab, tmp_path: Path) -> None:
+    """pxelinux (loaded by the iPXE ROM with ipxe_script = false, as a PXE ROM would)
+    cannot load the discovery kernel, waits at its boot: prompt for TIMEOUT, loads
+    reboot.c32, and the firmware starts over: pxelinux.0 is fetched again."""
+    bootd = start_lab_bootd(lab, tmp_path, """\
+        [boot]
+        bios = "pxelinux.0"
+        ipxe_script = false
+        """, log=tmp_path / "bootd.log")
+    for src in PXELINUX:
+        (tmp_path / "state" / "tftp" / Path(src).name).write_bytes(Path(src).read_bytes())
+    started = time.monotonic()
+    vm = start_vm(lab, tmp_path, "52:54:00:be:e1:02")
+    marks: dict[str, float] = {}
+
+    def served(name: str) -> int:
+        lines = (tmp_path / "bootd.log").read_text().splitlines()  # TFTP transfers are debug lines
+        return sum(1 for line in lines if "transfer complete" in line and f"file={name} " in line)
+    try:
+        deadline = time.monotonic() + VM_WAIT
+        while served("pxelinux.0") < 2:  # the second comes after the reboot
+            assert vm.poll() is None, "QEMU exited"
+            assert time.monotonic() < deadline, "pxelinux.0 was not fetched twice"
+            time.sleep(1)
+            for name in ("pxelinux.0", "reboot.c32"):
+                if served(name) and name not in marks:
+                    marks[name] = time.monotonic() - started
+        marks["again"] = time.monotonic() - started
+    finally:
+        vm.terminate()
+        vm.wait(timeout=30)
+        bootd.close()
+    log = (tmp_path / "bootd.log").read_text()
+    assert "Traceback" not in log, log
+    assert re.search(r"request refused .* file=/images/discovery/vmlinuz code=file_not_found", log)
+    assert served("reboot.c32") >= 1 and served("libcom32.c32") >= 1
+    print(f"\nreal pxelinux: pxelinux.0 at {marks['pxelinux.0']:.0f} s, reboot.c32 at "
+          f"{marks.get('reboot.c32', 0):.0f} s, pxelinux.0 again at {marks['again']:.0f} s after power-on")
