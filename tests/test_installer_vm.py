@@ -1,8 +1,9 @@
 """The real Debian 12 installer, booted by bootd on an isolated admin network.
 
 Debian's `debian-installer-12-netboot-amd64` package (downloaded into the repo's
-.cache/ and unpacked, never installed) gives the d-i netboot `linux` and
-`initrd.gz`. A profile of family preseed boots them. The subnet has no router and
+.cache/media, shared with tests/test_media_import.py, unpacked, never installed)
+gives the d-i netboot tree; `bootd images import` makes it a profile of family
+preseed (linux, initrd.gz under the TFTP root's images/debian-12/). The subnet has no router and
 no name server (what `bootd init` writes for an isolated admin network), so the
 DHCP offer carries neither: d-i at critical priority would stop at "Continue
 without a default route?" and "Name server addresses:" before it fetches its
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -40,8 +40,8 @@ from bootd.images.build import fetch
 pytestmark = pytest.mark.lab
 SERVER = "198.18.0.1"
 PACKAGE = "debian-installer-12-netboot-amd64"
-CACHE = REPO / ".cache" / "installers"
-NETBOOT = "usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64"
+CACHE = REPO / ".cache" / "media"
+NETBOOT = "usr/lib/debian-installer/images/12/amd64/text"
 PROFILE = "debian-12"
 MAC = "52:54:00:be:e1:01"
 MEMORY_MB = 1024  # d-i's lowmem mode starts below ~780 MB and would change what it loads
@@ -52,11 +52,17 @@ INSTALLER_WAIT = 420.0
 CLI_WAIT = 60.0
 
 
-def installer_files() -> tuple[Path, Path]:
-    root = fetch([PACKAGE], CACHE)[PACKAGE] / NETBOOT
-    kernel, initrd = root / "linux", root / "initrd.gz"
-    assert kernel.is_file() and initrd.is_file(), f"no linux/initrd.gz under {root}"
-    return kernel, initrd
+def netboot_tree() -> Path:
+    tree = fetch([PACKAGE], CACHE)[PACKAGE] / NETBOOT
+    assert (tree / "debian-installer/amd64/linux").is_file(), f"no d-i netboot tree at {tree}"
+    return tree
+
+
+def cli(config: Path, *argv: str) -> str:
+    res = subprocess.run([sys.executable, "-m", "bootd", *argv, "--config", str(config)],
+                         cwd=REPO, capture_output=True, text=True, timeout=CLI_WAIT, check=False)
+    assert res.returncode == 0, f"bootd {' '.join(argv)}: {res.stdout}{res.stderr}"
+    return res.stdout
 
 
 class Daemon:
@@ -79,9 +85,7 @@ class Daemon:
         return self.log.read_text(errors="replace")
 
     def cli(self, *argv: str) -> str:
-        res = subprocess.run([sys.executable, "-m", "bootd", *argv, "--config", str(self.config)],
-                             cwd=REPO, capture_output=True, text=True, timeout=CLI_WAIT, check=True)
-        return res.stdout
+        return cli(self.config, *argv)
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -92,11 +96,6 @@ class Daemon:
 
 @pytest.fixture
 def bootd(lab: Lab, tmp_path: Path) -> Iterator[Daemon]:
-    kernel, initrd = installer_files()
-    images = tmp_path / "state" / "tftp" / "images" / PROFILE
-    images.mkdir(parents=True)
-    shutil.copyfile(kernel, images / "linux")
-    shutil.copyfile(initrd, images / "initrd.gz")
     srv = lab.add_host("srv", f"{SERVER}/24")
     config = tmp_path / "bootd.toml"
     # No router and no dns_servers: the DHCP offer carries neither.
@@ -115,16 +114,14 @@ def bootd(lab: Lab, tmp_path: Path) -> Iterator[Daemon]:
         lifecycle_power = false
         [install]
         root_password_hash = "$6$vm$hash"
-        [profiles.{PROFILE}]
-        family = "preseed"
-        kernel = "images/{PROFILE}/linux"
-        initrd = "images/{PROFILE}/initrd.gz"
-        template = "preseed/ubuntu-20.04.preseed.j2"
         [[subnets]]
         cidr = "198.18.0.0/24"
         domain = "bootd.internal"
         dynamic_pool = "198.18.0.100-198.18.0.199"
         """))
+    # The installer's media become a profile the way an operator does it.
+    imported = cli(config, "images", "import", str(netboot_tree()), "--profile", PROFILE)
+    assert f"profile {PROFILE} (preseed)" in imported, imported
     daemon = Daemon(config, srv.cmd(), tmp_path / "bootd.log")
     try:
         yield daemon
