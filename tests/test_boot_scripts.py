@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from bootd_proc import Bootd
-from conftest import loopback_config
+from conftest import REPO, loopback_config
 from netlab import Lab, add_tap, qemu_argv
 
 from bootd import boot
@@ -36,6 +36,7 @@ from bootd.config import Config, parse_config
 from bootd.db.engine import open_database
 from bootd.db.repository import Repository
 from bootd.errors import InvalidInput
+from bootd.images.build import fetch
 from bootd.keys import SecretBox
 from bootd.lifecycle import Lifecycle
 from bootd.model.bootfail import MAX_URL, BootFailure, Outcome, ReportLimiter, Step, parse_report
@@ -47,6 +48,7 @@ MAC = "52:54:00:00:00:07"
 PROFILES = ("ubuntu-20.04", "ubuntu-24.04", "rhel-5.6", "rocky-9")  # one per family
 TOKEN = "operator-token"
 ERRNO = 0x2D0C613C  # what the fake fetches fail with
+CACHE = REPO / ".cache" / "images"  # shared with the VM lab's image build
 VM_WAIT = 400.0  # TCG on shared cores: a bound, not a speed claim
 
 
@@ -250,6 +252,20 @@ def test_grub_loads_are_retried_in_a_bounded_loop_then_reboot() -> None:
         tail = lines[loop:done]
         assert 'if [ "$wait" = end ]; then' in tail and "sleep 30" in tail and "reboot" in tail
         assert "sleep $wait" in tail
+
+
+def test_grub_configs_pass_grubs_own_parser(tmp_path: Path) -> None:
+    """grub-script-check (Debian's grub-common, downloaded into the test cache as the
+    discovery image's packages are, never installed) parses each config as GRUB does."""
+    check = fetch(["grub-common"], CACHE)["grub-common"] / "usr" / "bin" / "grub-script-check"
+    broken = tmp_path / "broken.cfg"
+    broken.write_text("menuentry x {\n  if linux /k; then\n    boot\n}\n")
+    assert subprocess.run([str(check), str(broken)], capture_output=True).returncode != 0
+    for i, (text, state) in enumerate(every_script("grub")):
+        path = tmp_path / f"{i}.cfg"
+        path.write_text(text)
+        res = subprocess.run([str(check), str(path)], capture_output=True, text=True)
+        assert res.returncode == 0, f"{state.value}: {res.stdout}{res.stderr}\n{text}"
 
 
 def test_pxelinux_reboots_from_its_prompt_after_a_failure() -> None:
