@@ -21,6 +21,7 @@ import textwrap
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -131,3 +132,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"{server}/{name}"
     finally:
         asyncio.run(_pg_admin(server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+async def move(repo: Any, name: str, target: Any, who: Any, **kw: Any) -> Any:
+    """A lifecycle move by target state and actor kind, through the one lifecycle
+    service (tests that walk the state table without a daemon)."""
+    from bootd.config import parse_config
+    from bootd.lifecycle import Lifecycle
+
+    config = parse_config(loopback_config(Path("/nonexistent/state"), 8080))
+    # The repository's clock (a test's fake one), as Repository.transition used.
+    return await Lifecycle(config, repo, clock=repo._clock).move(name, target, who, **kw)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import loopback_config
+from conftest import loopback_config, move
 from ipmi_sim import IpmiSim
 
 from bootd.app import http_app
@@ -169,10 +169,10 @@ async def test_reinstall_sets_pxe_and_cycles(repo: Repository, sims: list[IpmiSi
     config = config_for(tmp_path)
     await add(repo, "n0", sims[0])
     for target in (S.DISCOVERED,):
-        await repo.transition("n0", target, Actor.NODE, actor="node")
-    await repo.transition("n0", S.HARDWARE_INSTALLING, Actor.OPERATOR, actor="t", profile="rocky-9")
+        await move(repo, "n0", target, Actor.NODE, actor="node")
+    await move(repo, "n0", S.HARDWARE_INSTALLING, Actor.OPERATOR, actor="t", profile="rocky-9")
     for target in (S.HARDWARE_INSTALLED, S.INSTALLING, S.INSTALLED, S.READYING, S.READY):
-        await repo.transition("n0", target, Actor.NODE, actor="node")
+        await move(repo, "n0", target, Actor.NODE, actor="node")
     app = http_app(repo, TOKEN, config, PowerService(config, repo))
     async with TestClient(TestServer(app)) as client:
         resp = await client.post("/api/v1/nodes/n0/reinstall", headers=AUTH)

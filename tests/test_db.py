@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from conftest import move
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -29,6 +30,7 @@ from bootd.db.repository import Repository
 from bootd.db.schema import Base
 from bootd.errors import Conflict, DatabaseUnavailable, InvalidInput, NotFound
 from bootd.keys import SecretBox
+from bootd.model.lifecycle import Actor
 from bootd.model.records import LeaseRecord, LeaseState, NewNode
 from bootd.model.states import NodeState
 
@@ -157,11 +159,11 @@ async def test_racing_adds_of_one_mac_leave_exactly_one_owner(repo: Repository) 
 
 async def test_delete_keeps_the_event_log(repo: Repository) -> None:
     await repo.add_node(NewNode("gone", ("52:54:00:00:00:05",)), actor="operator")
-    await repo.delete_node("gone", actor="operator")
+    await move(repo, "gone", NodeState.DELETE, Actor.OPERATOR, actor="operator")
     with pytest.raises(NotFound):
         await repo.get_node("gone")
     with pytest.raises(NotFound):
-        await repo.delete_node("gone", actor="operator")
+        await move(repo, "gone", NodeState.DELETE, Actor.OPERATOR, actor="operator")
     events = await repo.events("gone")
     assert [(e.kind, e.from_state, e.to_state, e.actor) for e in events] == [
         ("created", None, NodeState.DISCOVERING, "operator"),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import loopback_config
+from conftest import loopback_config, move
 
 from bootd import boot
 from bootd.app import http_app
@@ -75,10 +75,10 @@ def test_every_state_is_reachable_from_discovering_and_has_a_boot() -> None:
     seen, todo = {S.DISCOVERING}, deque([S.DISCOVERING])
     while todo:
         here = todo.popleft()
-        for move in TRANSITIONS:
-            if move.source is here and move.target not in seen:
-                seen.add(move.target)
-                todo.append(move.target)
+        for step in TRANSITIONS:
+            if step.source is here and step.target not in seen:
+                seen.add(step.target)
+                todo.append(step.target)
     assert seen == set(S)
     assert set(BOOT) == set(S)
 
@@ -111,10 +111,10 @@ def test_nodes_cannot_allocate_themselves_or_skip_steps() -> None:
 async def walk_to_ready(repo: Repository, name: str) -> None:
     node_moves = [S.DISCOVERED]
     for target in node_moves:
-        await repo.transition(name, target, Actor.NODE, actor=f"node:{name}")
-    await repo.transition(name, S.HARDWARE_INSTALLING, Actor.OPERATOR, actor="test", profile="rocky-9")
+        await move(repo, name, target, Actor.NODE, actor=f"node:{name}")
+    await move(repo, name, S.HARDWARE_INSTALLING, Actor.OPERATOR, actor="test", profile="rocky-9")
     for target in (S.HARDWARE_INSTALLED, S.INSTALLING, S.INSTALLED, S.READYING, S.READY):
-        await repo.transition(name, target, Actor.NODE, actor=f"node:{name}")
+        await move(repo, name, target, Actor.NODE, actor=f"node:{name}")
 
 
 async def test_walk_to_ready_logs_every_step(repo: Repository) -> None:
@@ -127,11 +127,11 @@ async def test_walk_to_ready_logs_every_step(repo: Repository) -> None:
                      (S.HARDWARE_INSTALLING, S.HARDWARE_INSTALLED), (S.HARDWARE_INSTALLED, S.INSTALLING),
                      (S.INSTALLING, S.INSTALLED), (S.INSTALLED, S.READYING), (S.READYING, S.READY)]
     # reinstall, then reset, then delete
-    await repo.transition("n1", S.REINSTALL, Actor.OPERATOR, actor="test")
-    await repo.transition("n1", S.INSTALLING, Actor.NODE, actor="node:n1")
-    await repo.transition("n1", S.RESET, Actor.OPERATOR, actor="test")
+    await move(repo, "n1", S.REINSTALL, Actor.OPERATOR, actor="test")
+    await move(repo, "n1", S.INSTALLING, Actor.NODE, actor="node:n1")
+    await move(repo, "n1", S.RESET, Actor.OPERATOR, actor="test")
     assert not (await repo.get_node("n1")).allocated
-    gone = await repo.transition("n1", S.DELETE, Actor.OPERATOR, actor="test")
+    gone = await move(repo, "n1", S.DELETE, Actor.OPERATOR, actor="test")
     assert gone.state is S.DELETE
     assert [e.kind for e in await repo.events("n1")][-1] == "deleted"
 
@@ -139,21 +139,21 @@ async def test_walk_to_ready_logs_every_step(repo: Repository) -> None:
 async def test_illegal_replayed_and_stale_moves_are_refused(repo: Repository) -> None:
     await repo.add_node(NewNode("n1", (MAC,)), actor="test")
     with pytest.raises(Conflict, match="node cannot move node n1 from discovering to ready"):
-        await repo.transition("n1", S.READY, Actor.NODE, actor="node:n1")
-    await repo.transition("n1", S.DISCOVERED, Actor.NODE, actor="node:n1")
+        await move(repo, "n1", S.READY, Actor.NODE, actor="node:n1")
+    await move(repo, "n1", S.DISCOVERED, Actor.NODE, actor="node:n1")
     with pytest.raises(Conflict, match="already discovered"):
-        await repo.transition("n1", S.DISCOVERED, Actor.NODE, actor="node:n1")
+        await move(repo, "n1", S.DISCOVERED, Actor.NODE, actor="node:n1")
     with pytest.raises(Conflict, match="stale or replayed"):
-        await repo.transition("n1", S.PROBLEM, Actor.NODE, actor="node:n1", expect=S.DISCOVERING)
+        await move(repo, "n1", S.PROBLEM, Actor.NODE, actor="node:n1", expect=S.DISCOVERING)
     with pytest.raises(InvalidInput, match="needs a profile"):
-        await repo.transition("n1", S.HARDWARE_INSTALLING, Actor.OPERATOR, actor="test")
+        await move(repo, "n1", S.HARDWARE_INSTALLING, Actor.OPERATOR, actor="test")
     assert (await repo.get_node("n1")).state is S.DISCOVERED  # nothing half-written
 
 
 async def test_allocate_can_rename(repo: Repository) -> None:
     await repo.add_node(NewNode("node-525400000007", (MAC,)), actor="test")
-    await repo.transition("node-525400000007", S.DISCOVERED, Actor.NODE, actor="node")
-    node = await repo.transition("node-525400000007", S.HARDWARE_INSTALLING, Actor.OPERATOR,
+    await move(repo, "node-525400000007", S.DISCOVERED, Actor.NODE, actor="node")
+    node = await move(repo, "node-525400000007", S.HARDWARE_INSTALLING, Actor.OPERATOR,
                                  actor="test", profile="ubuntu-24.04", rename="r1-n07")
     assert node.name == "r1-n07" and node.profile == "ubuntu-24.04"
     assert (await repo.find_node_by_mac(MAC)).name == "r1-n07"  # type: ignore[union-attr]
@@ -166,10 +166,10 @@ async def test_timeout_retries_then_problem(repo: Repository, clock: Clock, tmp_
     assert config.lifecycle.timeouts[S.INSTALLING] == 600
     timer = LifecycleService(config, repo, clock=clock)
     await repo.add_node(NewNode("n1", (MAC,)), actor="test")
-    await repo.transition("n1", S.DISCOVERED, Actor.NODE, actor="node")
-    await repo.transition("n1", S.HARDWARE_INSTALLING, Actor.OPERATOR, actor="t", profile="rocky-9")
-    await repo.transition("n1", S.HARDWARE_INSTALLED, Actor.NODE, actor="node")
-    await repo.transition("n1", S.INSTALLING, Actor.NODE, actor="node")
+    await move(repo, "n1", S.DISCOVERED, Actor.NODE, actor="node")
+    await move(repo, "n1", S.HARDWARE_INSTALLING, Actor.OPERATOR, actor="t", profile="rocky-9")
+    await move(repo, "n1", S.HARDWARE_INSTALLED, Actor.NODE, actor="node")
+    await move(repo, "n1", S.INSTALLING, Actor.NODE, actor="node")
     clock.now += timedelta(seconds=599)
     assert await timer.tick() == []
     clock.now += timedelta(seconds=1)
@@ -184,14 +184,14 @@ async def test_timeout_retries_then_problem(repo: Repository, clock: Clock, tmp_
     assert [e.kind for e in events][-2:] == ["timeout", "transition"]
     assert "no retries left" in events[-1].message and events[-1].actor == "timer"
     # a node that moves on resets its budget
-    await repo.transition("n1", S.REINSTALL, Actor.OPERATOR, actor="t")
+    await move(repo, "n1", S.REINSTALL, Actor.OPERATOR, actor="t")
     assert (await repo.get_node("n1")).retries == 0
 
 
 async def test_overdue_picks_only_nodes_past_their_states_timeout(repo: Repository, clock: Clock) -> None:
     await repo.add_node(NewNode("slow", ("52:54:00:00:05:01",)), actor="t")   # discovering
     await repo.add_node(NewNode("idle", ("52:54:00:00:05:02",)), actor="t")
-    await repo.transition("idle", S.DISCOVERED, Actor.NODE, actor="node")   # no timeout there
+    await move(repo, "idle", S.DISCOVERED, Actor.NODE, actor="node")   # no timeout there
     nodes = await repo.list_nodes()
     timeouts = {S.DISCOVERING: 100, S.DISCOVERED: 0}
     assert overdue(nodes, clock.now + timedelta(seconds=99), timeouts) == []
@@ -202,7 +202,7 @@ async def test_overdue_picks_only_nodes_past_their_states_timeout(repo: Reposito
 
 async def test_a_decision_from_an_old_reading_is_refused(repo: Repository, clock: Clock) -> None:
     node = await repo.add_node(NewNode("n1", (MAC,)), actor="test")
-    await repo.transition("n1", S.DISCOVERED, Actor.NODE, actor="node")
+    await move(repo, "n1", S.DISCOVERED, Actor.NODE, actor="node")
     changes, effects = apply(node, Timeout(600, 1), clock.now)  # the timer's stale snapshot
     with pytest.raises(Conflict, match="changed meanwhile, try again"):
         await repo.commit("n1", node.version, changes, effects, actor="timer")
@@ -254,7 +254,7 @@ async def test_node_callbacks_need_the_nodes_own_token(client: TestClient, repo:
 async def test_operator_api_allocate_reinstall_reset_delete(client: TestClient, repo: Repository) -> None:
     for i in range(3):
         await repo.add_node(NewNode(f"n{i}", (f"52:54:00:00:01:0{i}",), rack="r1"), actor="t")
-        await repo.transition(f"n{i}", S.DISCOVERED, Actor.NODE, actor="node")
+        await move(repo, f"n{i}", S.DISCOVERED, Actor.NODE, actor="node")
     needs_auth = await client.post("/api/v1/allocate", json={"rack": "r1", "profile": "rocky-9"})
     assert needs_auth.status == 401
     bulk = await client.post("/api/v1/allocate", json={"rack": "r1", "profile": "rocky-9"}, headers=AUTH)
@@ -281,10 +281,10 @@ async def test_boot_script_and_install_files_over_http(client: TestClient, repo:
     assert await repo.find_node_by_mac("52:54:00:00:00:99") is None  # HTTP records no machine
     assert (await client.get("/boot/ipxe", params={"mac": "nonsense"})).status == 400
     node = await repo.add_node(NewNode("node-525400000099", ("52:54:00:00:00:99",)), actor="t")
-    await repo.transition(node.name, S.DISCOVERED, Actor.NODE, actor="node")
-    await repo.transition(node.name, S.HARDWARE_INSTALLING, Actor.OPERATOR, actor="t",
+    await move(repo, node.name, S.DISCOVERED, Actor.NODE, actor="node")
+    await move(repo, node.name, S.HARDWARE_INSTALLING, Actor.OPERATOR, actor="t",
                           profile="ubuntu-24.04")
-    await repo.transition(node.name, S.HARDWARE_INSTALLED, Actor.NODE, actor="node")
+    await move(repo, node.name, S.HARDWARE_INSTALLED, Actor.NODE, actor="node")
     token = await repo.node_token(node.name)
     await client.app[POLICY].refresh()  # the directory the policy answers from
     assert (await client.get("/boot/grub", params={"node": node.name})).status == 401  # token inside
@@ -375,8 +375,8 @@ async def test_agent_self_tasks_and_bmc(client: TestClient, repo: Repository, tm
     assert (await client.get("/api/v1/nodes/a/tasks/nope", headers=me)).status == 404
     early = await client.get("/api/v1/nodes/a/tasks/bmc", headers=me)
     assert early.status == 409  # a new BMC password only during hardware-install
-    await repo.transition("a", S.DISCOVERED, Actor.NODE, actor="node")
-    await repo.transition("a", S.HARDWARE_INSTALLING, Actor.OPERATOR, actor="t", profile="rocky-9")
+    await move(repo, "a", S.DISCOVERED, Actor.NODE, actor="node")
+    await move(repo, "a", S.HARDWARE_INSTALLING, Actor.OPERATOR, actor="t", profile="rocky-9")
     assert (await client.get("/api/v1/nodes/a/tasks/bmc", headers=me)).status == 403  # rotated
     me = {"Authorization": f"Bearer {await repo.node_token('a')}"}
     bmc = await (await client.get("/api/v1/nodes/a/tasks/bmc", headers=me)).text()
@@ -401,8 +401,8 @@ async def test_agent_self_tasks_and_bmc(client: TestClient, repo: Repository, tm
 async def test_agent_finds_its_node_after_a_rename(client: TestClient, repo: Repository) -> None:
     await repo.add_node(NewNode("node-525400000a0a", ("52:54:00:00:0a:0a",)), actor="t")
     token = await repo.node_token("node-525400000a0a")
-    await repo.transition("node-525400000a0a", S.DISCOVERED, Actor.NODE, actor="node")
-    await repo.transition("node-525400000a0a", S.HARDWARE_INSTALLING, Actor.OPERATOR, actor="t",
+    await move(repo, "node-525400000a0a", S.DISCOVERED, Actor.NODE, actor="node")
+    await move(repo, "node-525400000a0a", S.HARDWARE_INSTALLING, Actor.OPERATOR, actor="t",
                           profile="rocky-9", rename="r2-n01")
     # Allocation rotated the token: the old one is refused, the new one (which the agent
     # fetches from /boot/identity) finds the node under its old name too.

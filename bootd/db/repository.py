@@ -30,8 +30,7 @@ from bootd.db import schema as t
 from bootd.db.engine import WRITE
 from bootd.errors import Conflict, DatabaseUnavailable, InvalidInput, NotFound
 from bootd.keys import SecretBox, new_node_token
-from bootd.model.events import Changes, Effect, Emit, RotateToken, Rules
-from bootd.model.lifecycle import Actor, IllegalTransition, apply, event_for
+from bootd.model.events import Changes, Effect, Emit, RotateToken
 from bootd.model.names import mac_address, node_name, short_text
 from bootd.model.records import (
     BmcCredentials,
@@ -122,10 +121,6 @@ class Repository:
         async with self._tx(write=False) as s:
             rows = await s.scalars(select(t.Node).order_by(t.Node.name))
             return [_node_record(n) for n in rows]
-
-    async def delete_node(self, name: str, *, actor: str) -> None:
-        """Compatibility: the lifecycle service's delete, without power-off or feed."""
-        await self.transition(name, NodeState.DELETE, Actor.OPERATOR, actor=actor)
 
     async def directory(self) -> list[DirectoryEntry]:
         """Every interface with its node's addressing facts, for the in-memory directory."""
@@ -224,24 +219,6 @@ class Repository:
             return [_event_record(e) for e in reversed(list(rows))]
 
     # -- lifecycle -----------------------------------------------------------
-
-    async def transition(self, name: str, target: NodeState, who: Actor, *, actor: str,
-                         message: str = "", expect: NodeState | None = None,
-                         profile: str | None = None, rename: str | None = None,
-                         inventory: str | None = None) -> NodeRecord:
-        """Compatibility for callers from before the lifecycle service (tests, interim
-        wiring): the move as model.lifecycle.apply decides it, written by `commit`,
-        without the service's profile check or its effects after the commit (power,
-        change feed). New code calls bootd.lifecycle.Lifecycle."""
-        node = await self.get_node(name)
-        event = event_for(target, who, expect=expect, profile=profile, rename=rename,
-                          inventory=inventory, message=message)
-        known = frozenset(p for p in (profile, node.profile) if p)
-        try:
-            changes, effects = apply(node, event, self._clock(), Rules(profiles=known))
-        except IllegalTransition as exc:
-            raise Conflict(str(exc)) from None
-        return await self.commit(node.name, node.version, changes, effects, actor=actor)
 
     async def commit(self, name: str, version: int, changes: Changes, effects: Sequence[Effect], *,
                      actor: str) -> NodeRecord:

@@ -51,7 +51,15 @@ from bootd.model.events import (
     Rules,
     Timeout,
 )
-from bootd.model.lifecycle import IllegalTransition, apply, known_profile, overdue, profile_gone
+from bootd.model.lifecycle import (
+    Actor,
+    IllegalTransition,
+    apply,
+    event_for,
+    known_profile,
+    overdue,
+    profile_gone,
+)
 from bootd.model.records import BmcCredentials, EventRecord, NewNode, NodeRecord
 from bootd.model.selector import Selector
 from bootd.model.states import NodeState
@@ -201,6 +209,18 @@ class Lifecycle:
             except (Conflict, NotFound, InvalidInput) as exc:
                 out.append(OpResult(name, error=str(exc)))
         return out
+
+    async def move(self, name: str, target: NodeState, who: Actor, *, actor: str,
+                   expect: NodeState | None = None, profile: str | None = None, rename: str | None = None,
+                   inventory: str | None = None, message: str = "") -> NodeRecord:
+        """A move named the old way, by target state and kind of actor (tests walking
+        the table, scripts): the typed event it means (model.lifecycle.event_for),
+        then the one path like every other change."""
+        event = event_for(target, who, expect=expect, profile=profile, rename=rename,
+                          inventory=inventory, message=message)
+        if isinstance(event, Allocate) and event.profile:
+            self._known_profile(event.profile)
+        return (await self._change(name, event, actor=actor))[0]
 
     # -- the node's own reports --------------------------------------------------------
 
