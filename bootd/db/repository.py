@@ -1,9 +1,10 @@
 """The repository: every read and write of the inventory goes through here.
 
-It is the only writer of node state. Each public method is one transaction;
-writes open theirs with the WRITE option (BEGIN IMMEDIATE on SQLite, see
-engine.py). Every change to a node appends a row to its event log in the same
-transaction, so the log and the state can never disagree.
+Persistence only: what a node's state becomes is decided by the lifecycle
+(model.lifecycle.apply); `commit` writes that decision. Each public method is
+one transaction (store.py). Every change to a node appends a row to its event
+log in the same transaction, so the log and the state can never disagree.
+Nodes and tokens are here; BMC rows in bmcs.py, lease rows in leases.py.
 
 Uniqueness (name, MAC, admin IP, lease IP) is checked inside the transaction
 for a clear message, and the database's unique constraints catch the races;
@@ -12,65 +13,29 @@ both end as `Conflict`.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 from ipaddress import IPv4Address
 
-from sqlalchemy import func, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy import func, select, update
 
 from bootd.db import schema as t
-from bootd.db.engine import WRITE
-from bootd.errors import Conflict, DatabaseUnavailable, InvalidInput, NotFound
-from bootd.keys import SecretBox, new_node_token
+from bootd.db.bmcs import BmcRows
+from bootd.db.leases import LeaseRows
+from bootd.db.store import Clock, _event_record, _node_record, _reason, token_hash, utcnow
+from bootd.errors import Conflict, NotFound
+from bootd.keys import new_node_token
 from bootd.model.events import Changes, Effect, Emit, RotateToken
 from bootd.model.names import mac_address, node_name, short_text
-from bootd.model.records import (
-    BmcCredentials,
-    BmcRecord,
-    DirectoryEntry,
-    EventRecord,
-    InterfaceRecord,
-    LeaseRecord,
-    LeaseState,
-    NewNode,
-    NodeRecord,
-)
+from bootd.model.records import DirectoryEntry, EventRecord, NewNode, NodeRecord
 from bootd.model.states import NodeState
 
-Clock = Callable[[], datetime]
-_PG_BMC_LOCK = 0x626D6331  # "bmc1": advisory lock key for BMC address reservations
+__all__ = ["Clock", "Repository", "_reason", "token_hash", "utcnow"]
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class Repository:
-    def __init__(self, engine: AsyncEngine, secrets: SecretBox, clock: Clock = utcnow) -> None:
-        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
-        self._dialect = engine.dialect.name
-        self._secrets = secrets
-        self._clock = clock
-
-    @asynccontextmanager
-    async def _tx(self, *, write: bool) -> AsyncIterator[AsyncSession]:
-        try:
-            async with self._sessions() as session, session.begin():
-                if write:  # procure the connection with WRITE before its BEGIN is sent
-                    await session.connection(execution_options={WRITE: True})
-                yield session
-        except IntegrityError as exc:
-            raise Conflict(f"conflicts with existing inventory: {_reason(exc)}") from None
-        except SQLAlchemyError as exc:
-            raise DatabaseUnavailable(f"inventory database error: {_reason(exc)}") from None
+class Repository(BmcRows, LeaseRows):
+    """Nodes, their tokens and events; BMCs (bmcs.py) and leases (leases.py) by inheritance."""
 
     # -- nodes -------------------------------------------------------------
 
@@ -291,216 +256,3 @@ class Repository:
             await s.flush()
             return _node_record(node)
 
-    # -- BMCs ----------------------------------------------------------------
-
-    async def set_bmc(self, name: str, address: str, username: str, password: str, *,
-                      actor: str) -> NodeRecord:
-        address = short_text(address, "BMC address", 255)
-        username = short_text(username, "BMC user", 64)
-        if not password or len(password) > 256:
-            raise InvalidInput("invalid BMC password: 1-256 characters")
-        sealed = self._secrets.seal(password)
-        now = self._clock()
-        async with self._tx(write=True) as s:
-            node = await self._load(s, name)
-            if node.bmc is None:
-                node.bmc = t.Bmc(address=address, username=username,
-                                 password_encrypted=sealed, updated_at=now)
-            else:
-                node.bmc.address, node.bmc.username = address, username
-                node.bmc.password_encrypted, node.bmc.updated_at = sealed, now
-            node.updated_at = now
-            # The event names the BMC, never the password.
-            self._event(s, node, "bmc-set", None, None, actor, f"address={address} user={username}")
-            await s.flush()
-            return _node_record(node)
-
-    async def set_bmc_state(self, name: str, *, reachable: bool, power: str | None,
-                            error: str | None, operation: str, actor: str) -> None:
-        """What an operation on the node's BMC found; an event for anything but a status read."""
-        async with self._tx(write=True) as s:
-            node = await self._load(s, name)
-            if node.bmc is None:
-                raise NotFound(f"node {name} has no BMC")
-            node.bmc.reachable, node.bmc.checked_at = reachable, self._clock()
-            node.bmc.last_error = None if error is None else error[:1000]
-            if power is not None:
-                node.bmc.power = power
-            if operation != "status" or error is not None:
-                text = f"{operation}: " + (f"failed: {error}" if error else f"ok, power {power or '?'}")
-                self._event(s, node, "power", None, None, actor, text)
-
-    async def reserve_bmc(self, name: str, candidates: Sequence[str], username: str, password: str, *,
-                          actor: str) -> str | None:
-        """New BMC credentials for node `name`, pending until the node reports them
-        applied (`apply_pending_bmc`). The address: the node's recorded BMC address,
-        else the first of `candidates` that no BMC and no other reservation holds,
-        chosen and written in ONE transaction under a unique index (two nodes asking
-        at once cannot both get it). None when the node has no address and none is
-        free. A second call replaces the node's earlier reservation."""
-        sealed = self._secrets.seal(password)
-        async with self._tx(write=True) as s:
-            if self._dialect == "postgresql":
-                # READ COMMITTED: serialise reservations (SQLite's BEGIN IMMEDIATE does);
-                # the unique index stays the backstop.
-                await s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_BMC_LOCK})
-            node = await self._load(s, name)
-            old = await s.scalar(select(t.BmcPending).where(t.BmcPending.node_id == node.id))
-            if old is not None:
-                await s.delete(old)
-                await s.flush()
-            address = node.bmc.address if node.bmc is not None and node.bmc.address != "dhcp" else None
-            if address is None and candidates:
-                taken = set(await s.scalars(select(t.Bmc.address)))
-                taken |= {a for a in await s.scalars(select(t.BmcPending.address)) if a is not None}
-                address = next((a for a in candidates if a not in taken), None)
-            s.add(t.BmcPending(node_id=node.id, address=address, username=username,
-                               password_encrypted=sealed, created_at=self._clock()))
-            self._event(s, node, "bmc-pending", None, None, actor,
-                        f"address={address or 'unchanged'} user={username}")
-            await s.flush()
-            return address
-
-    async def apply_pending_bmc(self, name: str, *, actor: str) -> BmcRecord | None:
-        """The node reported its bmc task succeeded: its pending credentials become
-        its BMC's. None when nothing was pending (the task found no BMC)."""
-        now = self._clock()
-        async with self._tx(write=True) as s:
-            node = await self._load(s, name)
-            pending = await s.scalar(select(t.BmcPending).where(t.BmcPending.node_id == node.id))
-            if pending is None:
-                return None
-            address = pending.address or (node.bmc.address if node.bmc is not None else "dhcp")
-            if node.bmc is None:
-                node.bmc = t.Bmc(address=address, username=pending.username,
-                                 password_encrypted=pending.password_encrypted, updated_at=now)
-            else:
-                node.bmc.address, node.bmc.username = address, pending.username
-                node.bmc.password_encrypted, node.bmc.updated_at = pending.password_encrypted, now
-            await s.delete(pending)
-            node.updated_at = now
-            self._event(s, node, "bmc-set", None, None, actor, f"address={address} user={pending.username}")
-            await s.flush()
-            return _node_record(node).bmc
-
-    async def drop_pending_bmc(self, name: str) -> None:
-        """The bmc task failed or found no BMC: forget the credentials it was handed."""
-        async with self._tx(write=True) as s:
-            node = await self._load(s, name)
-            pending = await s.scalar(select(t.BmcPending).where(t.BmcPending.node_id == node.id))
-            if pending is not None:
-                await s.delete(pending)
-
-    async def bmc_credentials(self, name: str) -> BmcCredentials:
-        async with self._tx(write=False) as s:
-            node = await self._load(s, name)
-            if node.bmc is None:
-                raise NotFound(f"node {name} has no BMC")
-            return BmcCredentials(node.bmc.address, node.bmc.username,
-                                  self._secrets.open(node.bmc.password_encrypted))
-
-    # -- leases --------------------------------------------------------------
-
-    async def put_lease(self, lease: LeaseRecord) -> None:
-        """Insert or replace the lease of lease.ip (durable when this returns)."""
-        await self.put_leases([LeaseRecord(lease.ip, mac_address(lease.mac), lease.state,
-                                           lease.expires_at, lease.client_id, lease.hostname)])
-
-    async def put_leases(self, leases: Sequence[LeaseRecord]) -> None:
-        """Many leases in one transaction: one commit (one fsync) for a batch of ACKs.
-        One INSERT .. ON CONFLICT (ip) DO UPDATE for all of them: the DHCP hot path
-        cannot afford the ORM's per-row bookkeeping."""
-        latest = {lease.ip: lease for lease in leases}
-        now = self._clock()
-        rows = [{"ip": str(ip), "mac": x.mac, "client_id": x.client_id, "state": x.state.value,
-                 "expires_at": x.expires_at, "hostname": x.hostname, "updated_at": now}
-                for ip, x in latest.items()]
-        async with self._tx(write=True) as s:
-            insert = pg_insert if self._dialect == "postgresql" else sqlite_insert
-            stmt = insert(t.Lease)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[t.Lease.ip],
-                set_={c: getattr(stmt.excluded, c) for c in
-                      ("mac", "client_id", "state", "expires_at", "hostname", "updated_at")})
-            await s.execute(stmt, rows)
-
-    async def get_lease(self, ip: IPv4Address) -> LeaseRecord | None:
-        async with self._tx(write=False) as s:
-            row = await s.scalar(select(t.Lease).where(t.Lease.ip == str(ip)))
-            return None if row is None else _lease_record(row)
-
-    async def list_leases(self) -> list[LeaseRecord]:
-        async with self._tx(write=False) as s:
-            rows = await s.scalars(select(t.Lease).order_by(t.Lease.id))
-            return sorted((_lease_record(r) for r in rows), key=lambda r: int(r.ip))
-
-    async def delete_lease(self, ip: IPv4Address) -> None:
-        async with self._tx(write=True) as s:
-            row = await s.scalar(select(t.Lease).where(t.Lease.ip == str(ip)))
-            if row is None:
-                raise NotFound(f"no lease for {ip}")
-            await s.delete(row)
-
-    # -- health --------------------------------------------------------------
-
-    async def ping(self) -> None:
-        async with self._tx(write=False) as s:
-            await s.execute(text("SELECT 1"))
-
-    # -- helpers -------------------------------------------------------------
-
-    async def _load(self, s: AsyncSession, name: str) -> t.Node:
-        node = await s.scalar(select(t.Node).where(t.Node.name == name.lower()))
-        if node is None:
-            raise NotFound(f"no node named {name!r}")
-        return node
-
-    def _event(self, s: AsyncSession, node: t.Node, kind: str, from_state: NodeState | None,
-               to_state: NodeState | None, actor: str, message: str) -> None:
-        s.add(t.Event(node_id=node.id, node_name=node.name, at=self._clock(), kind=kind,
-                      from_state=None if from_state is None else from_state.value,
-                      to_state=None if to_state is None else to_state.value,
-                      actor=actor, message=message))
-
-
-def _reason(exc: SQLAlchemyError) -> str:
-    """The driver's reason, never SQLAlchemy's str(): that carries the statement and
-    its bound parameters (a new node's token, a sealed password) into 503 bodies,
-    logs and /healthz."""
-    orig = getattr(exc, "orig", None)
-    if orig is not None:
-        first = (str(orig).splitlines() or [""])[0].strip()
-        return f"{type(orig).__name__}: {first[:200]}" if first else type(orig).__name__
-    return type(exc).__name__
-
-
-def token_hash(token: str) -> str:
-    """SHA-256 hex of a node token; hostile bytes (not UTF-8) are just a wrong token."""
-    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def _node_record(n: t.Node) -> NodeRecord:
-    ifaces: Sequence[t.Interface] = n.interfaces
-    return NodeRecord(
-        name=n.name, state=NodeState(n.state), allocated=n.allocated, profile=n.profile,
-        admin_ip=None if n.admin_ip is None else IPv4Address(n.admin_ip), rack=n.rack,
-        location=n.location,
-        interfaces=tuple(InterfaceRecord(i.mac, i.is_boot) for i in ifaces),
-        bmc=None if n.bmc is None else BmcRecord(n.bmc.address, n.bmc.username, n.bmc.reachable,
-                                                 n.bmc.power, n.bmc.last_error, n.bmc.checked_at),
-        created_at=n.created_at, updated_at=n.updated_at, state_changed_at=n.state_changed_at,
-        retries=n.retries or 0, inventory=n.inventory, origin=n.origin, version=n.version or 0,
-    )
-
-
-def _event_record(e: t.Event) -> EventRecord:
-    return EventRecord(
-        id=e.id, node_name=e.node_name, at=e.at, kind=e.kind,
-        from_state=None if e.from_state is None else NodeState(e.from_state),
-        to_state=None if e.to_state is None else NodeState(e.to_state),
-        actor=e.actor, message=e.message)
-
-
-def _lease_record(r: t.Lease) -> LeaseRecord:
-    return LeaseRecord(ip=IPv4Address(r.ip), mac=r.mac, state=LeaseState(r.state),
-                       expires_at=r.expires_at, client_id=r.client_id, hostname=r.hostname)
