@@ -150,7 +150,7 @@ class Policy:
             Arch.EFI_BC: boot.uefi_x64, Arch.EFI_X64: boot.uefi_x64, Arch.EFI_X64_HTTP: boot.uefi_x64,
             Arch.EFI_IA32: boot.uefi_ia32, Arch.EFI_IA32_HTTP: boot.uefi_ia32,
             Arch.EFI_ARM64: boot.uefi_arm64, Arch.EFI_ARM64_HTTP: boot.uefi_arm64,
-        }.get(arch) if arch is not None else None
+        }.get(arch) or None if arch is not None else None  # "": no loader for that firmware
 
     def holds_lease(self, peer: IPv4Address | None, mac: str) -> bool:
         return peer is not None and self._macs_by_ip.get(peer) == mac

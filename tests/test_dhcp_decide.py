@@ -23,6 +23,9 @@ CONFIG = """
 [server]
 admin_address = "198.18.0.1"
 interfaces = ["eth0"]
+[boot]
+uefi_ia32 = "ipxe-ia32.efi"
+uefi_arm64 = "ipxe-arm64.efi"
 [[subnets]]
 cidr = "198.18.0.0/24"
 router = "198.18.0.254"

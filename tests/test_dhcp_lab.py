@@ -67,6 +67,8 @@ def config(tmp: Path, dhcp: str = "") -> Path:
         dns = false
         [http]
         listen = "198.18.0.1:8080"
+        [boot]
+        uefi_arm64 = "ipxe-arm64.efi"
         [dhcp]
         {dhcp}
         """) + SUBNETS)

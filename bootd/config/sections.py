@@ -94,8 +94,10 @@ class BootConfig:
 
     bios: str = "undionly.kpxe"
     uefi_x64: str = "ipxe.efi"
-    uefi_ia32: str = "ipxe-ia32.efi"
-    uefi_arm64: str = "ipxe-arm64.efi"
+    # "": none. Debian packages iPXE for x86-64 and BIOS only, so bootd cannot
+    # install these; set them to a loader you put under the TFTP root.
+    uefi_ia32: str = ""
+    uefi_arm64: str = ""
     # iPXE (a NIC's iPXE ROM, or iPXE loaded by TFTP) gets the URL of its per-node
     # script over HTTP. false: iPXE is served the loader like any PXE ROM, for
     # setups that boot pxelinux (bios = "pxelinux.0") from an iPXE ROM.

@@ -16,8 +16,9 @@ or damaged in place) is reported as repaired and replaced. The manifest itself
 is replaced the same way, last.
 
 Debian 12 packages iPXE for x86 only (no arm64 or ia32 EFI build), and arm64's
-signed shim and GRUB are arm64 packages apt on an amd64 host does not fetch: the
-defaults uefi_ia32 / uefi_arm64 name files bootd cannot install. `bootd serve`
+signed shim and GRUB are arm64 packages apt on an amd64 host does not fetch: so
+uefi_ia32 / uefi_arm64 default to none, and a config that names one names a file
+the operator provides. `bootd serve`
 warns about every loader the config hands out that is missing (missing_loaders),
 with the fix: `bootd images bootloaders` where a package has it, else the path
 to put it at.
@@ -228,8 +229,9 @@ def install(tftp_root: Path, source: PackageSource, loaders: tuple[Loader, ...] 
 def handed_out(config: Config) -> list[tuple[str, str]]:
     """(config key, loader file) for every loader the config hands to a firmware."""
     boot = config.boot
-    return [("boot.bios", boot.bios), ("boot.uefi_x64", boot.uefi_x64),
-            ("boot.uefi_ia32", boot.uefi_ia32), ("boot.uefi_arm64", boot.uefi_arm64)]
+    pairs = [("boot.bios", boot.bios), ("boot.uefi_x64", boot.uefi_x64),
+             ("boot.uefi_ia32", boot.uefi_ia32), ("boot.uefi_arm64", boot.uefi_arm64)]
+    return [(key, name) for key, name in pairs if name]  # "": that firmware gets no loader
 
 
 def missing_loaders(config: Config) -> list[MissingLoader]:
