@@ -193,7 +193,8 @@ class Config:
 
     @property
     def tftp_root(self) -> Path:
-        """Boot files (loaders, images) served by TFTP, and by HTTP under /images/."""
+        """Boot files: loaders and images, served by TFTP; HTTP serves the same files under
+        /tftp/ (loaders, for UEFI HTTP boot) and /images/ (kernels, initrds, install media)."""
         return self.state_dir / "tftp"
 
     def subnet_for(self, address: IPv4Address) -> Subnet | None:
