@@ -206,8 +206,8 @@ def test_missing_loaders_names_each_file_and_its_fix(tmp_path: Path) -> None:
                         'uefi_ia32 = "ipxe-ia32.efi"\nuefi_arm64 = "ipxe-arm64.efi"\n')
     root = config.tftp_root
     found = {m.name: m for m in missing_loaders(config)}
-    assert list(found) == ["pxelinux.0", "ldlinux.c32", "shimx64.efi", "grubx64.efi", "ipxe-ia32.efi",
-                           "ipxe-arm64.efi"]
+    assert list(found) == ["pxelinux.0", "ldlinux.c32", "reboot.c32", "libcom32.c32", "shimx64.efi",
+                           "grubx64.efi", "ipxe-ia32.efi", "ipxe-arm64.efi"]
     assert found["ldlinux.c32"].needed_by == "pxelinux.0"
     assert found["grubx64.efi"].key == "boot.uefi_x64"
     assert found["shimx64.efi"].fields() == {"file": str(root / "shimx64.efi"), "key": "boot.uefi_x64",

@@ -63,8 +63,13 @@ LOADERS: tuple[Loader, ...] = (
     Loader("undionly.kpxe", "ipxe", "usr/lib/ipxe/undionly.kpxe"),
     Loader("ipxe.efi", "ipxe", "usr/lib/ipxe/ipxe.efi"),
     Loader("snponly.efi", "ipxe", "usr/lib/ipxe/snponly.efi"),
-    Loader("pxelinux.0", "pxelinux", "usr/lib/PXELINUX/pxelinux.0", needs=("ldlinux.c32",)),
+    # pxelinux.cfg's fallback (a failed load waits at the prompt, then reboots) runs
+    # reboot.c32, a COM32 module that needs libcom32.c32.
+    Loader("pxelinux.0", "pxelinux", "usr/lib/PXELINUX/pxelinux.0",
+           needs=("ldlinux.c32", "reboot.c32", "libcom32.c32")),
     Loader("ldlinux.c32", "syslinux-common", "usr/lib/syslinux/modules/bios/ldlinux.c32"),
+    Loader("reboot.c32", "syslinux-common", "usr/lib/syslinux/modules/bios/reboot.c32"),
+    Loader("libcom32.c32", "syslinux-common", "usr/lib/syslinux/modules/bios/libcom32.c32"),
     Loader("shimx64.efi", "shim-signed", "usr/lib/shim/shimx64.efi.signed", needs=("grubx64.efi",)),
     Loader("grubx64.efi", "grub-efi-amd64-signed", "usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed"),
 )
