@@ -112,6 +112,7 @@ class Policy:
         self._repo = repo
         self._nodes: dict[str, DirectoryEntry] = {}
         self._macs_by_ip: dict[IPv4Address, str] = {}
+        self._ips_by_mac: dict[str, IPv4Address] = {}
         self._stamp = -1
         self._pending: dict[str, asyncio.Event] = {}  # MACs being registered or relocated
         self._buckets: dict[str, _Bucket] = {}
@@ -180,11 +181,17 @@ class Policy:
 
     def leased(self, mac: str, ip: IPv4Address) -> None:
         """DHCP bound `ip` to `mac`: TFTP and HTTP can tell who asks by source address."""
+        old = self._ips_by_mac.get(mac)
+        if old is not None and old != ip and self._macs_by_ip.get(old) == mac:
+            del self._macs_by_ip[old]
         self._macs_by_ip[ip] = mac
+        self._ips_by_mac[mac] = ip
 
     def unleased(self, ip: IPv4Address) -> None:
         """The lease of `ip` ended (released, declined, expired): nobody holds it now."""
-        self._macs_by_ip.pop(ip, None)
+        mac = self._macs_by_ip.pop(ip, None)
+        if mac is not None and self._ips_by_mac.get(mac) == ip:
+            del self._ips_by_mac[mac]
 
     def tftp_file(self, path: str, peer: IPv4Address) -> bytes | None:
         """A generated per-machine config for a TFTP path (already normalised by the
@@ -277,7 +284,7 @@ class Policy:
             return "#cloud-config\n{}\n"
         if kind not in boot.ANSWER_KINDS:
             raise NotFound(f"no install file {kind!r}")
-        leased = next((ip for ip, m in self._macs_by_ip.items() if m == node.boot_mac), None)
+        leased = None if node.boot_mac is None else self._ips_by_mac.get(node.boot_mac)
         return boot.answer(kind, boot.view_of(node, token=token, leased=leased), self.config)
 
     async def boot_mac(self, name: str) -> str:
