@@ -67,15 +67,16 @@ ServiceFactory = Callable[[Config, Repository], list[Service]]
 
 def http_app(repo: Repository, api_token: str, config: Config, power: PowerService | None = None, *,
              policy: Policy | None = None, lifecycle: Lifecycle | None = None,
-             tasks: Tasks | None = None) -> web.Application:
+             tasks: Tasks | None = None, feed: ChangeFeed | None = None) -> web.Application:
     """The HTTP application over `repo`, with whatever services are not given made
-    here (one feed shared by the lifecycle and the policy). The daemon passes its own."""
-    feed = ChangeFeed()
+    here (one feed shared by the lifecycle, the policy and the status page). The daemon
+    passes its own."""
+    feed = feed if feed is not None else ChangeFeed()
     if lifecycle is None:
         lifecycle = Lifecycle(config, repo, power=power, feed=feed)
     return build_app(config, api_token, inventory=repo, lifecycle=lifecycle,
                      policy=policy if policy is not None else Policy(config, repo, feed),
-                     tasks=tasks if tasks is not None else Tasks(config, repo), power=power)
+                     tasks=tasks if tasks is not None else Tasks(config, repo), power=power, feed=feed)
 
 
 def build_services(config: Config, repo: Repository) -> list[Service]:
@@ -87,7 +88,8 @@ def build_services(config: Config, repo: Repository) -> list[Service]:
     services: list[Service] = [policy, timer]
     if config.services.http:
         app = http_app(repo, api_token(config.http.api_token_file), config, backend.power,
-                       policy=policy, lifecycle=backend.lifecycle, tasks=Tasks(config, repo))
+                       policy=policy, lifecycle=backend.lifecycle, tasks=Tasks(config, repo),
+                       feed=backend.feed)
         services.append(HttpService(app, config))
     if config.services.dhcp:
         services.append(DhcpService(config, repo, policy))

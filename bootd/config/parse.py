@@ -150,6 +150,7 @@ def parse_config(text: str, source: str = "<config>", imported: ProfileFiles | N
     token_text = http_t.get("api_token_file", str, str(state_dir / "api-token"))
     if not Path(token_text).is_absolute():
         raise http_t.error("api_token_file", f"{token_text!r} must be an absolute path")
+    status_public = http_t.get("status_public", bool, False)
     http_t.finish()
 
     dhcp = _dhcp(root.table("dhcp"))
@@ -165,7 +166,7 @@ def parse_config(text: str, source: str = "<config>", imported: ProfileFiles | N
     _check_subnets_disjoint(source, subnets)
     root.finish()
     return Config(source, admin, tuple(interfaces), state_dir, db_url, log_level, services,
-                  HttpConfig(host, port, Path(token_text)), tuple(subnets), dhcp, boot, tftp,
+                  HttpConfig(host, port, Path(token_text), status_public), tuple(subnets), dhcp, boot, tftp,
                   install, lifecycle, profiles, bmc)
 
 

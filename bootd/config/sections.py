@@ -160,6 +160,9 @@ class HttpConfig:
     host: str
     port: int
     api_token_file: Path
+    # The status page (/ and /nodes/NAME) without logging in. Off by default: node
+    # names, addresses and inventories are the operator's; actions always need it.
+    status_public: bool = False
 
 
 @dataclass(frozen=True)

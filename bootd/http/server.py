@@ -19,7 +19,8 @@ from aiohttp import web
 from bootd.bmc.service import PowerService
 from bootd.config import Config
 from bootd.errors import BootdError, Conflict, DatabaseUnavailable, InvalidInput, NotFound
-from bootd.http import agent, api, boot
+from bootd.feed import ChangeFeed
+from bootd.http import agent, api, boot, status
 from bootd.http.boot import bearer, same_token
 from bootd.inventory import Inventory
 from bootd.lifecycle import Lifecycle
@@ -84,7 +85,8 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def build_app(config: Config, api_token: str, *, inventory: Inventory, policy: Policy,
-              lifecycle: Lifecycle, tasks: Tasks, power: PowerService | None = None) -> web.Application:
+              lifecycle: Lifecycle, tasks: Tasks, power: PowerService | None = None,
+              feed: ChangeFeed | None = None) -> web.Application:
     app = web.Application(middlewares=[errors, auth], client_max_size=1024**2)
     app[api.REPO] = inventory
     app[api.LIFECYCLE] = lifecycle
@@ -100,6 +102,8 @@ def build_app(config: Config, api_token: str, *, inventory: Inventory, policy: P
     app.add_routes(boot.routes())
     app.add_routes(agent.routes())
     app.add_routes(api.routes())
+    if feed is not None:  # the status page follows the lifecycle's change feed
+        status.install(app, feed)
     return app
 
 
@@ -109,7 +113,9 @@ class HttpService:
     def __init__(self, app: web.Application, config: Config) -> None:
         self._host, self._port = config.http.host, config.http.port
         self._app = app
-        self._runner = web.AppRunner(self._app, access_log=None)
+        # In-flight requests get this long to finish at shutdown (set on the runner:
+        # aiohttp 3.10+ deprecates it on the site).
+        self._runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=10.0)
         self._site: web.TCPSite | None = None
 
     @property
@@ -118,9 +124,7 @@ class HttpService:
 
     async def start(self) -> None:
         await self._runner.setup()
-        # In-flight requests get this long to finish at shutdown.
-        self._site = web.TCPSite(self._runner, self._host, self._port, shutdown_timeout=10.0,
-                                 reuse_address=True)
+        self._site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
         try:
             await self._site.start()
         except OSError as exc:
