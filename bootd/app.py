@@ -39,6 +39,7 @@ from bootd.images.bootloaders import missing_loaders
 from bootd.keys import SecretBox, api_token
 from bootd.lifecycle import Lifecycle, LifecycleService
 from bootd.logs import kv
+from bootd.metrics import Metrics
 from bootd.policy import Policy
 from bootd.sdnotify import Notifier
 from bootd.service import Service
@@ -67,21 +68,25 @@ ServiceFactory = Callable[[Config, Repository], list[Service]]
 
 def http_app(repo: Repository, api_token: str, config: Config, power: PowerService | None = None, *,
              policy: Policy | None = None, lifecycle: Lifecycle | None = None,
-             tasks: Tasks | None = None, feed: ChangeFeed | None = None) -> web.Application:
+             tasks: Tasks | None = None, feed: ChangeFeed | None = None,
+             metrics: Metrics | None = None) -> web.Application:
     """The HTTP application over `repo`, with whatever services are not given made
     here (one feed shared by the lifecycle, the policy and the status page). The daemon
     passes its own."""
     feed = feed if feed is not None else ChangeFeed()
     if lifecycle is None:
-        lifecycle = Lifecycle(config, repo, power=power, feed=feed)
+        lifecycle = Lifecycle(config, repo, power=power, feed=feed, metrics=metrics)
     return build_app(config, api_token, inventory=repo, lifecycle=lifecycle,
                      policy=policy if policy is not None else Policy(config, repo, feed),
-                     tasks=tasks if tasks is not None else Tasks(config, repo), power=power, feed=feed)
+                     tasks=tasks if tasks is not None else Tasks(config, repo), power=power, feed=feed,
+                     metrics=metrics)
 
 
 def build_services(config: Config, repo: Repository) -> list[Service]:
-    backend = build_backend(config, repo)
+    metrics = Metrics()  # this daemon's registry, handed to each service (GET /metrics)
+    backend = build_backend(config, repo, metrics=metrics)
     policy = Policy(config, repo, backend.feed)
+    metrics.watch_policy(policy)
     # Every node change goes through backend.lifecycle; this service is its timer.
     timer = LifecycleService(config, repo, power=backend.power, feed=backend.feed,
                              lifecycle=backend.lifecycle)
@@ -89,12 +94,16 @@ def build_services(config: Config, repo: Repository) -> list[Service]:
     if config.services.http:
         app = http_app(repo, api_token(config.http.api_token_file), config, backend.power,
                        policy=policy, lifecycle=backend.lifecycle, tasks=Tasks(config, repo),
-                       feed=backend.feed)
+                       feed=backend.feed, metrics=metrics)
         services.append(HttpService(app, config))
     if config.services.dhcp:
-        services.append(DhcpService(config, repo, policy))
+        dhcp = DhcpService(config, repo, policy)
+        metrics.watch_dhcp(dhcp)
+        services.append(dhcp)
     if config.services.tftp:
-        services.append(TftpService(config, policy, config.tftp_root))
+        tftp = TftpService(config, policy, config.tftp_root, metrics=metrics)
+        metrics.watch_tftp(tftp)
+        services.append(tftp)
     for missing in missing_loaders(config) if config.services.tftp or config.services.http else []:
         log.warning("boot loader missing", extra=kv(**missing.fields()))
     pending = [name for name in ("dns",) if getattr(config.services, name)]

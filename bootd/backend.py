@@ -21,6 +21,7 @@ from bootd.feed import ChangeFeed
 from bootd.inventory import Inventory
 from bootd.keys import SecretBox
 from bootd.lifecycle.service import Lifecycle
+from bootd.metrics import Metrics
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,12 @@ class Backend:
 
 
 def build_backend(config: Config, repo: Repository, *, feed: ChangeFeed | None = None,
-                  power: PowerService | None = None) -> Backend:
-    """The services over an open repository (the daemon opens its own, app.py)."""
+                  power: PowerService | None = None, metrics: Metrics | None = None) -> Backend:
+    """The services over an open repository (the daemon opens its own, app.py, with its metrics)."""
     feed = feed if feed is not None else ChangeFeed()
-    power = power if power is not None else PowerService(config, repo)
-    return Backend(config, repo, power, Lifecycle(config, repo, power=power, feed=feed), feed)
+    power = power if power is not None else PowerService(config, repo, metrics=metrics)
+    lifecycle = Lifecycle(config, repo, power=power, feed=feed, metrics=metrics)
+    return Backend(config, repo, power, lifecycle, feed)
 
 
 @asynccontextmanager

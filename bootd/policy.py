@@ -26,6 +26,7 @@ per interface, so a spoofed-MAC flood costs a bounded amount of work.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -127,6 +128,11 @@ class Policy:
 
     def node(self, mac: str) -> DirectoryEntry | None:
         return self._nodes.get(mac)
+
+    def census(self) -> dict[NodeState, int]:
+        """Nodes (those with a MAC) per state, from the directory: no database read."""
+        states = {e.name: e.state for e in self._nodes.values()}
+        return dict(collections.Counter(states.values()))
 
     def boot(self, client: BootClient) -> BootAnswer | None:
         server = self.config.admin_address

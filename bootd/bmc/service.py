@@ -29,6 +29,7 @@ from bootd.config import Config
 from bootd.db.repository import Repository
 from bootd.errors import BootdError, NotFound
 from bootd.logs import kv
+from bootd.metrics import Metrics, Stopwatch
 from bootd.model.records import NodeRecord
 
 log = logging.getLogger("bootd.bmc")
@@ -52,8 +53,9 @@ class Result:
 
 class PowerService:
     def __init__(self, config: Config, repo: Repository, factory: ControllerFactory = ipmi_factory,
-                 throttle: Throttle | None = None) -> None:
+                 throttle: Throttle | None = None, metrics: Metrics | None = None) -> None:
         self.config, self._repo, self._factory = config, repo, factory
+        self._metrics = metrics
         self.throttle = throttle or Throttle(config.bmc.max_sessions, config.bmc.power_on_rate)
         self.locks: KeyedLocks[tuple[str, int]] = KeyedLocks()
 
@@ -62,6 +64,14 @@ class PowerService:
 
     async def one(self, op: PowerOp, name: str, *, actor: str) -> Result:
         """Never raises: every failure is this node's result, so no node hides another."""
+        if self._metrics is None:
+            return await self._guarded(op, name, actor=actor)
+        watch = Stopwatch()  # queueing for the BMC's lock and a session slot included
+        result = await self._guarded(op, name, actor=actor)
+        self._metrics.bmc_operation(op.value, "ok" if result.ok else result.kind or "error", watch.seconds)
+        return result
+
+    async def _guarded(self, op: PowerOp, name: str, *, actor: str) -> Result:
         try:
             return await self._one(op, name, actor=actor)
         except BootdError as exc:

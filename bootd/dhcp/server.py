@@ -35,7 +35,7 @@ import netifaces
 from bootd.config import Config, DhcpMode, Subnet
 from bootd.dhcp.decide import Decider, Ingress
 from bootd.dhcp.leases import LeaseTable
-from bootd.dhcp.options import MalformedPacket
+from bootd.dhcp.options import MalformedPacket, MessageType
 from bootd.dhcp.outcome import Booted, Drop, Outcome, PersistLease, PoolExhausted, UsedProbed, Verdict
 from bootd.dhcp.packet import ZERO, Packet, parse
 from bootd.dhcp.probe import ArpProber, IcmpProber
@@ -43,12 +43,16 @@ from bootd.dhcp.reply import PXE_PORT, SERVER_PORT
 from bootd.dhcp.transport import Datagram, DhcpSocket
 from bootd.errors import BootdError
 from bootd.logs import Throttle, kv
+from bootd.metrics import PoolStats
 from bootd.model.records import LeaseRecord, LeaseState
 from bootd.policy import Policy
 
 log = logging.getLogger("bootd.dhcp")
 DROP_LOG_INTERVAL = 60.0  # one log line per verdict or drop reason per minute; all are counted
 QUIET = (Verdict.OFFER, Verdict.ACK, Verdict.PROXY_OFFER, Verdict.PROXY_ACK, Verdict.INFORM)
+# Counter keys by received message type (Kea's pkt4-<type>-received), made once, not per packet.
+RECEIVED = {t: f"received-{t.name.lower()}" for t in MessageType}
+SENT = {v: f"sent-{v.value}" for v in Verdict}
 
 
 class LeaseStore(Protocol):
@@ -229,8 +233,10 @@ class DhcpService:
         try:
             packet = parse(dgram.data)
         except MalformedPacket as exc:
+            self.counters["received-malformed"] += 1
             self._log(Drop.MALFORMED, str(exc), sock.interface, dgram.source)
             return
+        self.counters[_received_key(packet)] += 1
         outcome = self.decider.handle(packet, ingress, self._clock(), self._free if self._stocks else None)
         self.counters[outcome.verdict.value] += 1
         if outcome.dropped:
@@ -267,14 +273,17 @@ class DhcpService:
             if persist is not None:
                 self.writer.submit(persist.record(), None)
             return
+        key = SENT[outcome.verdict]
         if persist is not None:
-            self.writer.submit(persist.record(), lambda: self._send(sock, reply.data, reply.ip, reply.port))
+            self.writer.submit(persist.record(),
+                               lambda: self._send(sock, reply.data, reply.ip, reply.port, key))
         else:
-            self._send(sock, reply.data, reply.ip, reply.port)
+            self._send(sock, reply.data, reply.ip, reply.port, key)
 
-    def _send(self, sock: DhcpSocket, data: bytes, ip: IPv4Address, port: int) -> None:
+    def _send(self, sock: DhcpSocket, data: bytes, ip: IPv4Address, port: int, key: str) -> None:
         if sock.send(data, ip, port):
             self.counters["sent"] += 1
+            self.counters[key] += 1
         else:
             self.counters["send_errors"] += 1
 
@@ -293,6 +302,22 @@ class DhcpService:
                 extra=kv(why=why.value, reason=reason[:200] if isinstance(why, Drop) else None,
                          mac=mac, interface=interface, source=f"{source[0]}:{source[1]}",
                          last_minute=count if count > 1 else None))
+
+    def pools(self) -> list[PoolStats]:
+        """Each dynamic pool's size, bound leases and probed stock, for a metrics scrape."""
+        now, stocks = self._clock(), {id(s.subnet): s for s in self._stocks}
+        out = []
+        for subnet in self.config.subnets:
+            pool = subnet.dynamic_pool
+            if pool is None:
+                continue
+            first, last = int(pool.first), int(pool.last)
+            bound = sum(1 for ip, lease in self.table.by_ip.items() if first <= ip <= last
+                        and lease.state is LeaseState.BOUND and lease.expires > now)
+            stock = stocks.get(id(subnet))
+            out.append(PoolStats(str(subnet.cidr), f"{pool.first}-{pool.last}", len(pool), bound,
+                                 None if stock is None else len(stock.free)))
+        return out
 
     # -- conflict checks --------------------------------------------------------------
 
@@ -324,6 +349,7 @@ class DhcpService:
                                        PROBE_BATCH)
         if not candidates:
             return
+        self.counters["probed"] += len(candidates)
         try:
             taken = await stock.prober.probe(candidates)
         except OSError as exc:
@@ -331,11 +357,20 @@ class DhcpService:
                 subnet=str(stock.subnet.cidr), reason=exc.strerror))
             self._stocks.remove(stock)
             return
+        self.counters["probe-conflicts"] += len(taken)
         for ip in taken:
             stock.conflicts[ip] = now + CONFLICT_QUARANTINE
             log.warning("address in use by a host we did not give it to; skipped",
                         extra=kv(ip=str(IPv4Address(ip)), subnet=str(stock.subnet.cidr)))
         stock.free.update(ip for ip in candidates if ip not in taken)
+
+
+def _received_key(packet: Packet) -> str:
+    try:
+        kind = packet.message_type
+    except MalformedPacket:
+        return "received-unknown"
+    return "received-none" if kind is None else RECEIVED[kind]
 
 
 def _via(ingress: Ingress, packet: Packet) -> str:

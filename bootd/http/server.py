@@ -21,10 +21,12 @@ from bootd.config import Config
 from bootd.errors import BootdError, Conflict, DatabaseUnavailable, InvalidInput, NotFound
 from bootd.feed import ChangeFeed
 from bootd.http import agent, api, boot, status
+from bootd.http import metrics as http_metrics
 from bootd.http.boot import bearer, same_token
 from bootd.inventory import Inventory
 from bootd.lifecycle import Lifecycle
 from bootd.logs import kv
+from bootd.metrics import Metrics
 from bootd.policy import Policy
 from bootd.service import BindError
 from bootd.tasks import Tasks
@@ -86,7 +88,7 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def build_app(config: Config, api_token: str, *, inventory: Inventory, policy: Policy,
               lifecycle: Lifecycle, tasks: Tasks, power: PowerService | None = None,
-              feed: ChangeFeed | None = None) -> web.Application:
+              feed: ChangeFeed | None = None, metrics: Metrics | None = None) -> web.Application:
     app = web.Application(middlewares=[errors, auth], client_max_size=1024**2)
     app[api.REPO] = inventory
     app[api.LIFECYCLE] = lifecycle
@@ -102,6 +104,8 @@ def build_app(config: Config, api_token: str, *, inventory: Inventory, policy: P
     app.add_routes(boot.routes())
     app.add_routes(agent.routes())
     app.add_routes(api.routes())
+    if metrics is not None:  # GET /metrics (no token, like /healthz) and request counts
+        http_metrics.install(app, metrics)
     if feed is not None:  # the status page follows the lifecycle's change feed
         status.install(app, feed)
     return app

@@ -36,6 +36,7 @@ from bootd.db.repository import Repository, utcnow
 from bootd.errors import Conflict, InvalidInput, NotFound
 from bootd.feed import ChangeFeed, NodeChanged
 from bootd.logs import Throttle, kv
+from bootd.metrics import Metrics
 from bootd.model.bootfail import KIND as BOOT_FAILED
 from bootd.model.bootfail import BootFailure, Outcome, ReportLimiter
 from bootd.model.events import (
@@ -94,8 +95,10 @@ class OpResult:
 
 class Lifecycle:
     def __init__(self, config: Config, repo: Repository, *, power: PowerService | None = None,
-                 feed: ChangeFeed | None = None, clock: Clock = utcnow) -> None:
+                 feed: ChangeFeed | None = None, clock: Clock = utcnow,
+                 metrics: Metrics | None = None) -> None:
         self._repo, self._power, self._feed, self._clock = repo, power, feed, clock
+        self._metrics = metrics
         self._boot_reports, self._say = ReportLimiter(), Throttle(60.0, keys=8)
         self.boot_report_counts = {o: 0 for o in Outcome}
         self.reconfigure(config)
@@ -229,7 +232,15 @@ class Lifecycle:
         """A node (authenticated by its token by the caller) reports it reached `target`;
         `expect` refuses a stale or replayed report; `inventory` is the agent's JSON."""
         event = NodeReport(target, expect, inventory, message)
-        return (await self._change(name, event, actor=f"node:{name}"))[0]
+        try:
+            node = (await self._change(name, event, actor=f"node:{name}"))[0]
+        except Conflict:
+            if self._metrics is not None:
+                self._metrics.callback(target, accepted=False)
+            raise
+        if self._metrics is not None:
+            self._metrics.callback(target, accepted=True)
+        return node
 
     async def boot_failed(self, report: BootFailure, now: float | None = None) -> Outcome:
         """A booting machine's script gave up on a fetch (bootd.model.bootfail): one
@@ -261,6 +272,8 @@ class Lifecycle:
         lc = self.config.lifecycle
         changed = []
         for node, limit in overdue(await self._repo.list_nodes(), self._clock(), lc.timeouts):
+            if self._metrics is not None:
+                self._metrics.stall(node.state)
             try:
                 # The listed record's version: a node that moved since is left alone.
                 after, _ = await self._decide(node, Timeout(limit, lc.retries), actor="timer")
@@ -303,6 +316,10 @@ class Lifecycle:
         after = await self._repo.commit(node.name, node.version, decision.changes, decision.effects,
                                         actor=actor)
         self._publish(_change_of(node, after, decision))
+        if self._metrics is not None:
+            for emit in decision.emits:
+                if emit.from_state is not None and emit.from_state is not emit.to_state:
+                    self._metrics.transition(emit.from_state, emit.to_state)
         power: tuple[Result, ...] = ()
         if decision.power_cycles and self._power is not None:
             power = tuple(await self._power.boot_from_network(after.name, actor=actor))

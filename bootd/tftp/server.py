@@ -41,6 +41,7 @@ import netifaces
 from bootd.config import Config
 from bootd.files import BadName, Missing, NotRegular, OutsideRoot, Refused
 from bootd.logs import kv
+from bootd.metrics import Metrics
 from bootd.service import BindError
 from bootd.tftp import packet as p
 from bootd.tftp.cache import FileCache, TooLarge, netascii
@@ -74,8 +75,9 @@ class _Listener(asyncio.DatagramProtocol):
 class TftpService:
     name = "tftp"
 
-    def __init__(self, config: Config, policy: TftpPolicy, root: Path | None = None) -> None:
-        self.config, self.policy = config, policy
+    def __init__(self, config: Config, policy: TftpPolicy, root: Path | None = None, *,
+                 metrics: Metrics | None = None) -> None:
+        self.config, self.policy, self._metrics = config, policy, metrics
         self.port = config.tftp.port
         self.files = FileCache(root or config.tftp_root, config.tftp.cache_mb << 20)
         self._listeners: list[asyncio.DatagramTransport] = []
@@ -89,8 +91,8 @@ class TftpService:
         self._recent: OrderedDict[tuple[Peer, bytes], float] = OrderedDict()
         self.refusals = RefusalLog()
         self._failed_lines = LineBudget()
-        self.counters = {"requests": 0, "complete": 0, "declined": 0, "failed": 0, "refused": 0,
-                         "bytes": 0}
+        self.counters = {"requests": 0, "started": 0, "complete": 0, "declined": 0, "failed": 0,
+                         "refused": 0, "bytes": 0}
 
     def addresses(self) -> list[str]:
         out = {str(self.config.admin_address)}
@@ -137,6 +139,10 @@ class TftpService:
 
     def running(self) -> int:
         return len(self.transfers)
+
+    def refusal_counts(self) -> dict[str, int]:
+        """Refusals so far by reason label (the metrics scrape reads it)."""
+        return {reason.label: n for reason, n in self.refusals.counts.items()}
 
     def tables(self) -> dict[str, int]:
         """Sizes of everything this service remembers (bounded under any flood; tests read it)."""
@@ -210,6 +216,7 @@ class TftpService:
                         max_timeout=t.max_timeout)
         transfer = Transfer(self, sock, peer, path.text, ReadSession(req, content, limits), raw)
         self.transfers[peer] = transfer
+        self.counters["started"] += 1
         transfer.start()
         return True
 
@@ -241,6 +248,8 @@ class TftpService:
         self.counters["bytes"] += session.bytes_sent
         kind = "failed" if not done.ok else "complete" if session.complete else "declined"
         self.counters[kind] += 1
+        if self._metrics is not None:
+            self._metrics.tftp_transfer(kind, transfer.loop.time() - transfer.started)
         if done.ok:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("transfer " + kind, extra=kv(

@@ -74,6 +74,7 @@ class Transfer:
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_running_loop()
+        self.started = self.loop.time()  # for the transfer-time metric
 
     def start(self) -> None:
         self.loop.add_reader(self.fd, self._readable)
