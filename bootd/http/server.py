@@ -4,7 +4,8 @@ Errors are translated here, at the edge (STYLE 7): NotFound -> 404, Conflict ->
 409, InvalidInput -> 400, an unavailable database -> 503, each as JSON
 {"error": "..."}; aiohttp's own 404/405 get the same shape. Everything under
 /api/ needs `Authorization: Bearer <token>` (the token file in the state
-directory); /healthz does not, so a load balancer or systemd can probe it.
+directory); /healthz does not, so a load balancer or systemd can probe it, nor
+does /metrics (http/metrics.py), so a Prometheus scraper can read it.
 """
 
 from __future__ import annotations
