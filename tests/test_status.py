@@ -5,6 +5,7 @@ stream open, and the server time of a 10,000-node page (printed, never asserted)
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import time
@@ -68,13 +69,14 @@ async def discovered(client: TestClient, name: str, **kw: object) -> None:
     lc = client.app[api.LIFECYCLE]
     await lc.add(NewNode(name, (f"52:54:00:00:{len(name):02x}:{sum(map(ord, name)) % 256:02x}",), **kw),
                  actor="test")  # type: ignore[arg-type]
-    await lc.report(name, NodeState.DISCOVERED, inventory=json.dumps({"cpu": f"<img src=x onerror={HOSTILE}>"}))
+    inventory = json.dumps({"cpu": f"<img src=x onerror={HOSTILE}>"})
+    await lc.report(name, NodeState.DISCOVERED, inventory=inventory)
 
 
 def test_progress_path_follows_the_state_table() -> None:
     # The progress bar cannot drift from the lifecycle: every step is an allowed move.
-    for source, target in zip(PATH, PATH[1:], strict=False):
-        assert allowed(source, target, Actor.NODE) or allowed(source, target, Actor.OPERATOR), (source, target)
+    for source, target in itertools.pairwise(PATH):
+        assert allowed(source, target, Actor.NODE) or allowed(source, target, Actor.OPERATOR), source
 
 
 def test_sessions_are_bounded_and_expire() -> None:
@@ -188,8 +190,8 @@ async def test_stream_delivers_changes_batched(client: TestClient) -> None:
 
 
 def test_stall_reasons() -> None:
-    from bootd.model.records import NodeRecord  # noqa: PLC0415
-    from bootd.db.repository import utcnow  # noqa: PLC0415
+    from bootd.db.repository import utcnow
+    from bootd.model.records import NodeRecord
     now = utcnow()
     node = NodeRecord("n", NodeState.INSTALLING, True, "p", None, None, None, (), None, now, now,
                       now - timedelta(hours=3))

@@ -5,6 +5,8 @@
   var live = document.body.dataset.live;
   if (!live || !window.EventSource) { return; }
   var source = new EventSource("/events" + location.search);
+  // A form on its way must not be cancelled by a reload for the change it causes.
+  document.addEventListener("submit", function () { source.close(); });
   source.addEventListener("nodes", function (ev) {
     var msg = JSON.parse(ev.data);
     if (msg.resync || (live !== "fleet" && live in msg.rows)) { location.reload(); return; }
