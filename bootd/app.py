@@ -32,6 +32,7 @@ from bootd.config import Config, check_host, load_config
 from bootd.db.engine import open_database
 from bootd.db.repository import Repository
 from bootd.dhcp.server import DhcpService
+from bootd.dns.server import DnsService
 from bootd.errors import BootdError, ConfigError
 from bootd.feed import ChangeFeed
 from bootd.http.server import HttpService, build_app
@@ -106,10 +107,8 @@ def build_services(config: Config, repo: Repository) -> list[Service]:
         services.append(tftp)
     for missing in missing_loaders(config) if config.services.tftp or config.services.http else []:
         log.warning("boot loader missing", extra=kv(**missing.fields()))
-    pending = [name for name in ("dns",) if getattr(config.services, name)]
-    if pending:
-        log.warning("enabled in the config but not part of this version yet",
-                    extra=kv(services=",".join(pending)))
+    if config.services.dns:
+        services.append(DnsService(config, repo, policy, backend.feed))
     return services
 
 

@@ -13,10 +13,10 @@ when the config has exactly one subnet, that one (`bootd init` writes one).
 Unknown (proxy DHCP, a node rendered off-line in a multi-subnet config): nothing
 is asserted and the installer uses what the DHCP server gave it.
 
-Name servers: the subnet's `dns_servers`, minus bootd's own address while bootd
-serves no DNS (issue 13). A name server that does not answer is worse than none:
-every lookup waits for its timeout. DHCP hands out the same list (`name_servers`
-is the one function both use).
+Name servers: the subnet's `dns_servers`, minus bootd's own address unless
+bootd serves DNS (`[services] dns`, bootd.dns). A name server that does not
+answer is worse than none: every lookup waits for its timeout. DHCP hands out
+the same list (`name_servers` is the one function both use).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from ipaddress import IPv4Address, IPv4Network
 from bootd.config import Config
 from bootd.config.sections import Subnet
 
-# bootd answers DNS only once its DNS service exists (issue 13); until then its own
-# address is never handed out as a name server, whatever [services] dns says.
-BOOTD_SERVES_DNS = False
+# bootd answers DNS (bootd.dns) whenever [services] dns is on; with it off, its own
+# address is never handed out as a name server.
+BOOTD_SERVES_DNS = True
 
 
 def name_servers(config: Config, subnet: Subnet) -> tuple[IPv4Address, ...]:

@@ -162,6 +162,14 @@ class Policy:
     def holds_lease(self, peer: IPv4Address | None, mac: str) -> bool:
         return peer is not None and self._macs_by_ip.get(peer) == mac
 
+    def lease_of(self, mac: str) -> IPv4Address | None:
+        """The address bootd leased to `mac` now (DNS answers a node by it)."""
+        return self._ips_by_mac.get(mac)
+
+    def lease_holder(self, ip: IPv4Address) -> str | None:
+        """The MAC holding bootd's lease of `ip` now (DNS's PTR answers)."""
+        return self._macs_by_ip.get(ip)
+
     def view(self, mac: str, *, with_token: bool = False) -> NodeView:
         """The rendering facts of the machine with this MAC (known or not); its
         token only when asked for (the caller checked who is asking)."""

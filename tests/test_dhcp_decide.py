@@ -349,12 +349,15 @@ def test_unexpected_messages_are_dropped_with_a_reason(packet: Packet, words: st
     assert out.reply is None
 
 
-@pytest.mark.parametrize(("servers", "expect"), [
-    ('["198.18.0.1"]', None),                                  # bootd itself, which serves no DNS yet
-    ('["198.18.0.1", "198.18.0.53"]', ip("198.18.0.53")),      # only the one that answers
+@pytest.mark.parametrize(("servers", "dns", "expect"), [
+    ('["198.18.0.1"]', "false", None),                          # bootd itself, serving no DNS
+    ('["198.18.0.1", "198.18.0.53"]', "false", ip("198.18.0.53")),  # only the one that answers
+    ('["198.18.0.1"]', "true", ip("198.18.0.1")),               # bootd, serving DNS (bootd.dns)
 ])
-def test_dns_servers_handed_out_are_only_ones_that_answer(servers: str, expect: bytes | None) -> None:
-    config = parse_config(CONFIG.replace('dns_servers = ["198.18.0.53"]', f"dns_servers = {servers}"))
+def test_dns_servers_handed_out_are_only_ones_that_answer(servers: str, dns: str,
+                                                          expect: bytes | None) -> None:
+    config = parse_config(CONFIG.replace('dns_servers = ["198.18.0.53"]', f"dns_servers = {servers}")
+                          .replace("[[subnets]]", f"[services]\ndns = {dns}\n[[subnets]]", 1))
     d = Decider(config, Policy(config), LeaseTable())
     offer = wire(d.handle(msg(MessageType.DISCOVER), Ingress("eth0", SERVER, config.subnets[:1]), NOW))
     assert offer.options.get(Opt.DNS_SERVERS) == expect

@@ -612,11 +612,12 @@ def test_debian_installer_on_a_routed_subnet_gets_its_name_server_and_no_route_q
     assert args["domain"] == "rack2.example"
 
 
-def test_bootd_own_address_is_not_a_name_server_while_bootd_serves_no_dns() -> None:
-    # `bootd init` lists the admin address; nothing answers there yet (issue 13).
-    for services in ("", "[services]\ndns = true\n"):
+def test_bootd_own_address_is_a_name_server_only_while_bootd_serves_dns() -> None:
+    # `bootd init` lists the admin address; bootd answers there only with [services] dns on.
+    for services, servers in (("", "198.18.0.1"), ("[services]\ndns = true\n", "198.18.0.1"),
+                              ("[services]\ndns = false\n", "")):
         args = netcfg_args(cmdline(net_config(INIT_STYLE, extra=services), "debian-12"))
-        assert args["netcfg/get_nameservers"] == ""
+        assert args["netcfg/get_nameservers"] == servers
         assert args["netcfg/no_default_route"] == "true"
 
 

@@ -34,6 +34,7 @@ from bootd.config.sections import (
     Config,
     DhcpConfig,
     DhcpMode,
+    DnsConfig,
     HttpConfig,
     InstallConfig,
     LifecycleConfig,
@@ -154,6 +155,7 @@ def parse_config(text: str, source: str = "<config>", imported: ProfileFiles | N
     http_t.finish()
 
     dhcp = _dhcp(root.table("dhcp"))
+    dns = _dns(root.table("dns"), admin)
     boot = _boot(root.table("boot"))
     tftp = _tftp(root.table("tftp"))
     install = _install(root.table("install"))
@@ -167,7 +169,7 @@ def parse_config(text: str, source: str = "<config>", imported: ProfileFiles | N
     root.finish()
     return Config(source, admin, tuple(interfaces), state_dir, db_url, log_level, services,
                   HttpConfig(host, port, Path(token_text), status_public), tuple(subnets), dhcp, boot, tftp,
-                  install, lifecycle, profiles, bmc)
+                  install, lifecycle, profiles, bmc, dns)
 
 
 def _dhcp(t: Table) -> DhcpConfig:
@@ -187,6 +189,31 @@ def _dhcp(t: Table) -> DhcpConfig:
                         t.get("conflict_check", bool, d.conflict_check), quarantine, hold)
     t.finish()
     return config
+
+
+def _dns(t: Table, admin: IPv4Address) -> DnsConfig:
+    d = DnsConfig()
+    port, ttl = t.get("port", int, d.port), t.get("ttl", int, d.ttl)
+    if not 1 <= port <= 65535:
+        raise t.error("port", "must be between 1 and 65535")
+    if not 0 <= ttl <= 86400:
+        raise t.error("ttl", "must be between 0 and 86400 seconds")
+    upstreams: list[tuple[IPv4Address, int]] = []
+    for i, item in enumerate(t.get("upstreams", list, [])):
+        if not isinstance(item, str):
+            raise t.error(f"upstreams[{i}]", f"must be a string, not {kind_of(item)}")
+        host, sep, port_text = item.rpartition(":")
+        try:
+            upstream = (ipv4(host if sep else item), int(port_text) if sep and port_text.isdigit() else 53)
+        except ValueError as exc:
+            raise t.error(f"upstreams[{i}]", str(exc)) from None
+        if sep and not (port_text.isdigit() and 0 < int(port_text) < 65536):
+            raise t.error(f"upstreams[{i}]", f"{port_text!r} is not a port")
+        if upstream == (admin, port):
+            raise t.error(f"upstreams[{i}]", "is bootd's own DNS service: queries would loop")
+        upstreams.append(upstream)
+    t.finish()
+    return DnsConfig(tuple(upstreams), port, ttl)
 
 
 def _tftp(t: Table) -> TftpConfig:

@@ -138,6 +138,16 @@ class TftpConfig:
 
 
 @dataclass(frozen=True)
+class DnsConfig:
+    """[dns]: names of the subnets' domains and reverse zones (bootd.dns)."""
+
+    # Where queries for other names go ("addr" or "addr:port"); none: REFUSED.
+    upstreams: tuple[tuple[IPv4Address, int], ...] = ()
+    port: int = 53  # a test-only knob: resolvers ask port 53
+    ttl: int = 30   # seconds, for answers and (as the SOA minimum) for negative answers
+
+
+@dataclass(frozen=True)
 class InstallConfig:
     """What every rendered kickstart/preseed/user-data puts on the node."""
 
@@ -183,6 +193,7 @@ class Config:
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
     profiles: dict[str, Profile] = field(default_factory=lambda: dict(BUILTIN))
     bmc: BmcConfig = field(default_factory=BmcConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
 
     @property
     def http_base(self) -> str:
@@ -220,6 +231,8 @@ class Config:
             keys.append("dhcp.mode")
         if new.tftp.port != self.tftp.port:
             keys.append("tftp.port")
+        if new.dns.port != self.dns.port:
+            keys.append("dns.port")
         if (new.http.host, new.http.port) != (self.http.host, self.http.port):
             keys.append("http.listen")
         return keys
