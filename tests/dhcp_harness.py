@@ -109,6 +109,7 @@ class Harness:
         self.promised = 0  # replies waiting for their lease to be durable
         self.follow: deque[bytes] = deque(maxlen=64)
         self.counts = Counts()
+        self.repository: Repository | None = None  # when the store is a real one
 
     # -- one datagram --------------------------------------------------------------
 
@@ -332,6 +333,7 @@ async def sqlite_harness(tmp: Path) -> AsyncIterator[Harness]:
         policy = Policy(config, repo)
         await policy.start()
         harness = Harness(config, repo, policy, {KNOWN_MAC: KNOWN_IP})
+        harness.repository = repo
         try:
             yield harness
         finally:
