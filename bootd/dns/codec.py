@@ -133,4 +133,4 @@ def fit(raw: bytes, query: Query, limit: int) -> bytes:
     data = query.raw[:2] + raw[2:]
     if len(data) <= limit:
         return data
-    return pack(Reply(query, rcode=raw[3] & 0xF, recursion=True), limit)
+    return bytes(Reply(query, rcode=raw[3] & 0xF, recursion=True).record(truncated=True).pack())
