@@ -5,8 +5,11 @@ than the page's whole budget, so the hub keeps the node records in memory:
 loaded once, then kept current by the change feed (bootd/feed.py: the
 lifecycle service publishes every committed change). Changes the feed never
 sees (the CLI writing the database from another process, BMC power readings)
-arrive by a reload in the background when the snapshot is older than REFRESH
-and someone is looking; a page is never held up by one after the first.
+arrive by a reload in the background, while someone is looking: when the
+inventory's stamp (the newest event id: one cheap query) moved and the
+snapshot is older than REFRESH, or in any case after FULL_REFRESH. A reload of
+10,000 nodes costs about a second of the event loop, so it is never per view;
+a page is never held up by one after the first load (started at app startup).
 
 Each open event stream (`/events`) is a Stream: the names of the nodes that
 changed since its last message, bounded (past MAX_PENDING the client is told
@@ -25,6 +28,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Protocol, runtime_checkable
 
 from bootd.errors import BootdError
 from bootd.feed import NodeChanged
@@ -33,10 +37,19 @@ from bootd.logs import kv
 from bootd.model.records import NodeRecord
 
 log = logging.getLogger("bootd.http.status")
-REFRESH = 10.0
+REFRESH = 60.0
+FULL_REFRESH = 600.0
 BATCH = 0.5
 MAX_PENDING = 1000
 Loader = Callable[[], Awaitable[list[NodeRecord]]]
+Stamp = Callable[[], Awaitable[int]]
+
+
+@runtime_checkable
+class Stamped(Protocol):
+    """An inventory that can say cheaply whether anything changed (the repository)."""
+
+    async def inventory_stamp(self) -> int: ...
 
 
 class Stream:
@@ -80,9 +93,10 @@ class Stream:
 
 
 class StatusHub:
-    def __init__(self, load: Loader, *, refresh: float = REFRESH,
+    def __init__(self, load: Loader, *, stamp: Stamp | None = None, refresh: float = REFRESH,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._load, self._refresh, self._clock = load, refresh, clock
+        self._load, self._stamp, self._refresh, self._clock = load, stamp, refresh, clock
+        self._seen_stamp: int | None = None
         self._nodes: dict[str, NodeRecord] = {}
         self._last: dict[str, LastEvent] = {}
         self._loaded_at: float | None = None
@@ -120,16 +134,28 @@ class StatusHub:
     def last(self) -> dict[str, LastEvent]:
         return self._last
 
+    def preload(self) -> None:
+        """Start the first load now (app startup), so the first page view finds it done."""
+        if self._loading is None and self._loaded_at is None:
+            self._loading = asyncio.create_task(self._background_reload())
+
     async def nodes(self) -> list[NodeRecord]:
         """Every node; the first call waits for the load, later ones never do."""
+        if self._loaded_at is None and self._loading is not None:
+            await asyncio.shield(self._loading)
         if self._loaded_at is None:
             await self._reload()
         elif self._clock() - self._loaded_at >= self._refresh and self._loading is None:
-            self._loading = asyncio.create_task(self._background_reload())
+            self._loading = asyncio.create_task(self._background_reload(check=True))
         return list(self._nodes.values())
 
-    async def _background_reload(self) -> None:
+    async def _background_reload(self, *, check: bool = False) -> None:
         try:
+            if check and self._stamp is not None and self._loaded_at is not None:
+                stamp = await self._stamp()
+                if stamp == self._seen_stamp and self._clock() - self._loaded_at < FULL_REFRESH:
+                    self._loaded_at = self._clock()  # unchanged: look again in REFRESH
+                    return
             await self._reload()
         except BootdError as exc:  # the database away: keep showing what we have
             log.warning("status snapshot reload failed", extra=kv(reason=str(exc)))
@@ -140,6 +166,7 @@ class StatusHub:
         started = self._clock()
         self._touched = set()
         try:
+            stamp = await self._stamp() if self._stamp is not None else None
             loaded = {n.name: n for n in await self._load()}
         finally:
             touched, self._touched = self._touched, None
@@ -151,7 +178,7 @@ class StatusHub:
         changed = {n for n, rec in loaded.items() if self._nodes.get(n) != rec}
         changed |= self._nodes.keys() - loaded.keys()
         first = self._loaded_at is None
-        self._nodes, self._loaded_at = loaded, started
+        self._nodes, self._loaded_at, self._seen_stamp = loaded, started, stamp
         self._last = {n: e for n, e in self._last.items() if n in loaded}
         if not first:
             for stream in self._streams:
