@@ -288,7 +288,7 @@ def test_two_vms_boot_through_every_state(lab: Lab, rack: Callable[..., Bootd], 
 
 def test_image_is_reproducible(images: Path, tmp_path: Path) -> None:
     again = build_discovery(tmp_path / "again", CACHE)
-    assert again.initrd.read_bytes() == (images / "images" / "discovery" / "initrd.img").read_bytes()
+    assert again.initrd.read_bytes() == (images / "discovery" / "initrd.img").read_bytes()
     with gzip.open(io.BytesIO(again.initrd.read_bytes())) as f:
         assert b"bootd-agent" in f.read()
 
