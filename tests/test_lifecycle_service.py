@@ -315,10 +315,13 @@ async def test_concurrent_service_calls_exactly_one_wins(any_repo: Repository, t
         outcomes = await asyncio.gather(lc.report("n1", S.INSTALLED), lc.report("n1", S.INSTALLED),
                                         lc.reset("n1", actor="t"), return_exceptions=True)
         won = [o for o in outcomes if not isinstance(o, BaseException)]
-        assert len(won) == 1, outcomes
         assert all(isinstance(o, Conflict) for o in outcomes if isinstance(o, BaseException))
+        # Exactly one move out of installing, however the calls interleave. A call that
+        # read the node only after that move committed may legitimately follow it (a
+        # reset of the now-installed node): that is a second, serial change, not a race.
         moves = [e for e in await any_repo.events("n1") if e.from_state is S.INSTALLING]
-        assert len(moves) == 1
+        assert len(moves) == 1, outcomes
+        assert len(won) == 1 or (len(won) == 2 and won[-1].state is S.RESET), outcomes
         await lc.delete("n1", actor="t")
         await _installing(lc)
     assert json.loads((await lc.node("n1")).inventory or "null") == {"cpus": 2}
