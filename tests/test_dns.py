@@ -339,3 +339,40 @@ def test_fuzz_mutated_queries(seed: bytes, flips: list[tuple[int, int]]) -> None
         if at < len(raw):
             raw[at] = value
     _through(bytes(raw))
+
+
+class SentTo:
+    """A datagram transport that keeps what was sent (a fake of asyncio's protocol)."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def sendto(self, data: bytes, addr: object = None) -> None:
+        self.sent.append(data)
+
+
+def test_udp_replies_are_cached_until_the_zone_changes_but_lease_answers_never() -> None:
+    feed, leases = ChangeFeed(), FakeLeases()
+    service = DnsService(config(), None, leases, feed)
+    wire = SentTo()
+    transport = cast(asyncio.DatagramTransport, wire)
+
+    def udp(name: str, qid: int) -> DNSRecord:
+        query = DNSRecord.question(name)
+        query.header.id = qid
+        service.datagram(bytes(query.pack()), ("198.18.0.2", 5353), transport)
+        return DNSRecord.parse(wire.sent[-1])
+
+    feed.publish(NodeChanged(node("web1", MAC1, "198.18.0.10"), "created"))
+    assert addresses(udp("web1.rack1.example", 1)) == ["198.18.0.10"]
+    again = udp("web1.rack1.example", 2)
+    assert again.header.id == 2 and addresses(again) == ["198.18.0.10"]
+    assert len(service._cache) == 1 and service.queries[("A", "NOERROR")] == 2
+    feed.publish(NodeChanged(node("web1", MAC1, "198.18.0.11"), "changed"))  # a new serial
+    assert addresses(udp("web1.rack1.example", 3)) == ["198.18.0.11"]
+    # A leased address is read at every query: never cached.
+    feed.publish(NodeChanged(node("new1", MAC2), "created"))
+    leases.by_mac[MAC2] = IPv4Address("198.18.0.120")
+    assert addresses(udp("new1.rack1.example", 4)) == ["198.18.0.120"]
+    leases.by_mac[MAC2] = IPv4Address("198.18.0.121")
+    assert addresses(udp("new1.rack1.example", 5)) == ["198.18.0.121"]

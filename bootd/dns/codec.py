@@ -45,39 +45,21 @@ class MalformedQuery(BootdError):
 
 @dataclass(frozen=True, slots=True)
 class Query:
+    """A parsed query; `qname` lower case without the root dot ("" for the root or
+    no question), `udp_limit` the largest UDP reply this client takes (RFC 6891
+    6.2.5), capped at MAX_UDP."""
+
     record: DNSRecord
     raw: bytes
+    question: DNSQuestion | None
+    qname: str
+    qtype: int
+    opts: tuple[RR, ...]
+    udp_limit: int
 
     @property
     def id(self) -> int:
         return int(self.record.header.id)
-
-    @property
-    def question(self) -> DNSQuestion | None:
-        return self.record.questions[0] if self.record.questions else None
-
-    @property
-    def qname(self) -> str:
-        """The asked name, lower case, without the root dot ("" for the root)."""
-        q = self.question
-        return "" if q is None else str(q.qname).rstrip(".").lower()
-
-    @property
-    def qtype(self) -> int:
-        q = self.question
-        return 0 if q is None else int(q.qtype)
-
-    @property
-    def opts(self) -> list[RR]:
-        return [rr for rr in self.record.ar if rr.rtype == QTYPE.OPT]
-
-    @property
-    def udp_limit(self) -> int:
-        """The largest UDP reply this client takes (RFC 6891 6.2.5), capped at MAX_UDP."""
-        opts = self.opts
-        if not opts:
-            return PLAIN_UDP
-        return max(PLAIN_UDP, min(MAX_UDP, int(opts[0].rclass)))
 
 
 def parse_query(raw: bytes) -> Query:
@@ -91,7 +73,14 @@ def parse_query(raw: bytes) -> Query:
         raise MalformedQuery("unparseable") from None
     if record.header.qr:
         raise MalformedQuery("response")
-    return Query(record, raw)
+    question = record.questions[0] if record.questions else None
+    opts = tuple(rr for rr in record.ar if rr.rtype == QTYPE.OPT)
+    limit = max(PLAIN_UDP, min(MAX_UDP, int(opts[0].rclass))) if opts else PLAIN_UDP
+    try:
+        qname = "" if question is None else str(question.qname).rstrip(".").lower()
+    except UnicodeError:
+        raise MalformedQuery("unparseable") from None
+    return Query(record, raw, question, qname, 0 if question is None else int(question.qtype), opts, limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +111,7 @@ class Reply:
 
 def pack(reply: Reply, limit: int) -> bytes:
     """The reply's bytes; if they exceed `limit`, the truncated form (TC=1)."""
-    data: bytes = reply.record().pack()
+    data = bytes(reply.record().pack())
     if len(data) <= limit:
         return data
     return bytes(reply.record(truncated=True).pack())

@@ -54,26 +54,27 @@ def decide(query: Query, zone: Zone, *, forwarding: bool, ttl: int) -> Reply | F
 def _authoritative(query: Query, zone: Zone, found: Found, forwarding: bool, ttl: int) -> Reply:
     owner = query.question.qname if query.question is not None else query.qname
     qtype, apex, kind = query.qtype, found.apex, found.kind
-    soa = _soa(zone, apex, kind, ttl)
     answers: list[RR] = []
     additional: list[RR] = []
     if query.qname == apex:
         ns_name = zone.ns_name(apex, kind)
         if qtype in (QTYPE.SOA, QTYPE.ANY):
-            answers.append(soa)
+            answers.append(_soa(zone, apex, kind, ttl))
         if qtype in (QTYPE.NS, QTYPE.ANY):
             answers.append(RR(owner, QTYPE.NS, rdata=NS(ns_name + "."), ttl=ttl))
             if kind is Kind.FORWARD:  # glue: the NS target's address, in the same answer
                 glue = A(str(zone.config.admin_address))
                 additional.append(RR(ns_name + ".", QTYPE.A, rdata=glue, ttl=ttl))
     elif not found.exists:
-        return Reply(query, RCODE.NXDOMAIN, authoritative=True, recursion=forwarding, authority=(soa,))
+        return Reply(query, RCODE.NXDOMAIN, authoritative=True, recursion=forwarding,
+                     authority=(_soa(zone, apex, kind, ttl),))
     elif found.address is not None and qtype in (QTYPE.A, QTYPE.ANY):
         answers.append(RR(owner, QTYPE.A, rdata=A(str(found.address)), ttl=ttl))
     elif found.target is not None and qtype in (QTYPE.PTR, QTYPE.ANY):
         answers.append(RR(owner, QTYPE.PTR, rdata=PTR(found.target + "."), ttl=ttl))
     if not answers:  # NODATA
-        return Reply(query, RCODE.NOERROR, authoritative=True, recursion=forwarding, authority=(soa,))
+        return Reply(query, RCODE.NOERROR, authoritative=True, recursion=forwarding,
+                     authority=(_soa(zone, apex, kind, ttl),))
     return Reply(query, RCODE.NOERROR, authoritative=True, recursion=forwarding, answers=tuple(answers),
                  additional=tuple(additional))
 

@@ -2,7 +2,11 @@
 addresses of `server.interfaces`, port 53.
 
 Transports are thin: bytes -> codec.parse_query -> decide.decide -> codec.pack.
-Own names are answered synchronously in the datagram callback; a forwarded
+Own names are answered synchronously in the datagram callback; dnslib's parse
+and pack cost ~150-200 us a query, so packed UDP replies are kept by the query's
+bytes after the id until the zone's serial changes (any node change bumps it);
+an answer that read a lease is never kept, as leases change without a serial.
+A forwarded
 query is a task awaiting the upstream (bootd.dns.forward). A malformed query
 is counted and dropped, logged once a minute per reason (never per sender's
 text), so a flood costs little and leaves one line; a reply never goes out to
@@ -29,6 +33,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from ipaddress import IPv4Address
 from typing import Protocol, cast
 
 import netifaces
@@ -50,6 +55,7 @@ REFRESH_SECONDS = 2.0
 IDLE_SECONDS = 10.0
 MAX_CONNECTIONS = 256
 MAX_FORWARDING = 4096
+CACHE_ENTRIES = 16384
 
 
 class Inventory(Protocol):
@@ -58,6 +64,23 @@ class Inventory(Protocol):
     async def list_nodes(self) -> list[NodeRecord]: ...
 
     async def inventory_stamp(self) -> int: ...
+
+
+class _CountedLeases:
+    """The policy's leases, counting reads: an answer that read none can be cached."""
+
+    __slots__ = ("leases", "reads")
+
+    def __init__(self, leases: Leases) -> None:
+        self.leases, self.reads = leases, 0
+
+    def lease_of(self, mac: str) -> IPv4Address | None:
+        self.reads += 1
+        return self.leases.lease_of(mac)
+
+    def lease_holder(self, ip: IPv4Address) -> str | None:
+        self.reads += 1
+        return self.leases.lease_holder(ip)
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -81,7 +104,12 @@ class DnsService:
                  feed: ChangeFeed | None = None, *, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self._inventory = inventory
-        self.zone = Zone(config, leases, serial=int(clock()))
+        self._leases = _CountedLeases(leases)
+        self.zone = Zone(config, self._leases, serial=int(clock()))
+        # Packed UDP replies by query bytes after the id, while the zone's serial holds;
+        # only replies that read no lease (those change without a serial).
+        self._cache: dict[bytes, tuple[bytes, tuple[str, str]]] = {}
+        self._cache_serial = self.zone.serial
         upstreams = [(str(a), p) for a, p in config.dns.upstreams]
         self.forwarder = Forwarder(upstreams) if upstreams else None
         self._stamp = -1
@@ -164,8 +192,8 @@ class DnsService:
 
     def reconfigure(self, config: Config) -> None:
         # Subnets, domains and TTL take effect at once; the zone keeps its nodes.
-        zone = Zone(config, self.zone.leases, serial=self.zone.serial)
-        zone.load(self.zone.hosts())
+        zone = Zone(config, self._leases, serial=self.zone.serial)
+        zone.load(self.zone.hosts())  # a new serial: cached replies go
         self.config, self.zone = config, zone
 
     # -- one query -----------------------------------------------------------------
@@ -185,18 +213,35 @@ class DnsService:
         if self._say(time.monotonic(), reason):
             log.warning("query dropped", extra=kv(reason=reason, count=self.drops[reason]))
 
-    def _count(self, query: Query, rcode: int) -> None:
+    def _count(self, query: Query, rcode: int) -> tuple[str, str]:
         qtype = QTYPE.get(query.qtype, str(query.qtype)) if query.question is not None else "-"
-        self.queries[(str(qtype), str(RCODE.get(rcode, str(rcode))))] += 1
+        key = (str(qtype), str(RCODE.get(rcode, str(rcode))))
+        self.queries[key] += 1
+        return key
 
     def datagram(self, data: bytes, addr: tuple[str, int], transport: asyncio.DatagramTransport) -> None:
+        if self._cache_serial != self.zone.serial:
+            self._cache.clear()
+            self._cache_serial = self.zone.serial
+        key = data[2:]
+        hit = self._cache.get(key)
+        if hit is not None:
+            self.queries[hit[1]] += 1
+            transport.sendto(data[:2] + hit[0], addr)
+            return
+        reads = self._leases.reads
         decided = self.answer(data)
         if decided is None:
             return
         query, outcome = decided
         if isinstance(outcome, Reply):
-            self._count(query, outcome.rcode)
-            transport.sendto(pack(outcome, query.udp_limit), addr)
+            counted = self._count(query, outcome.rcode)
+            out = pack(outcome, query.udp_limit)
+            if reads == self._leases.reads:
+                if len(self._cache) >= CACHE_ENTRIES:
+                    self._cache.clear()
+                self._cache[key] = (out[2:], counted)
+            transport.sendto(out, addr)
             return
         if len(self._tasks) >= MAX_FORWARDING:
             self._count(query, RCODE.SERVFAIL)

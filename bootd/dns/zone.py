@@ -105,10 +105,6 @@ def reverse_zones(network: IPv4Network) -> list[str]:
             if octets else "in-addr.arpa" for n in nets]
 
 
-def _under(name: str, apex: str) -> bool:
-    return name == apex or name.endswith("." + apex)
-
-
 class Zone:
     def __init__(self, config: Config, leases: Leases, serial: int = 1) -> None:
         self.config = config
@@ -117,13 +113,17 @@ class Zone:
         self._hosts: dict[str, Host] = {}
         self._by_mac: dict[str, str] = {}
         self._by_ip: dict[IPv4Address, str] = {}  # admin and BMC addresses -> their label
+        self._domains: dict[IPv4Address, str | None] = {}  # subnet_for is a scan over subnets
         domains = [s.domain for s in config.subnets if s.domain]
         self.domains = tuple(dict.fromkeys(domains))
         self.reverse = tuple(dict.fromkeys(z for s in config.subnets for z in reverse_zones(s.cidr)))
         # Longest apex first: an own reverse zone inside an RFC 6303 one wins.
         zones = [(d, Kind.FORWARD) for d in self.domains] + [(z, Kind.REVERSE) for z in self.reverse]
         zones += [(z, Kind.LOCAL) for z in PRIVATE_ZONES]
-        self._zones = sorted(zones, key=lambda z: -len(z[0]))
+        # Own zones first, so an own reverse zone equal to an RFC 6303 one stays own.
+        self._zones: dict[str, Kind] = {}
+        for apex, kind in zones:
+            self._zones.setdefault(apex, kind)
 
     # -- keeping it current ------------------------------------------------------
 
@@ -172,8 +172,14 @@ class Zone:
                                                           else apex)
 
     def domain_of(self, address: IPv4Address) -> str | None:
+        if address in self._domains:
+            return self._domains[address]
         subnet = self.config.subnet_for(address)
-        return subnet.domain if subnet is not None and subnet.domain else None
+        domain = subnet.domain if subnet is not None and subnet.domain else None
+        if len(self._domains) >= 65536:  # bounded: addresses come from the wire too
+            self._domains.clear()
+        self._domains[address] = domain
+        return domain
 
     def address_of(self, host: Host) -> IPv4Address | None:
         if host.admin_ip is not None:
@@ -182,10 +188,16 @@ class Zone:
 
     def find(self, qname: str) -> Found | None:
         """The own zone `qname` falls in and its data there; None: not ours."""
-        zone = next(((apex, kind) for apex, kind in self._zones if _under(qname, apex)), None)
-        if zone is None:
+        # The longest enclosing apex, by suffixes: as many dict lookups as the name has labels.
+        labels = qname.split(".")
+        apex, kind = "", None
+        for i in range(len(labels)):
+            apex = ".".join(labels[i:])
+            kind = self._zones.get(apex)
+            if kind is not None:
+                break
+        if kind is None:
             return None
-        apex, kind = zone
         if qname == apex:
             return Found(apex, kind, exists=True)
         label = qname[:-len(apex) - 1]
