@@ -233,6 +233,8 @@ class Config:
             keys.append("tftp.port")
         if new.dns.port != self.dns.port:
             keys.append("dns.port")
+        if new.dns.upstreams != self.dns.upstreams:
+            keys.append("dns.upstreams")
         if (new.http.host, new.http.port) != (self.http.host, self.http.port):
             keys.append("http.listen")
         return keys
