@@ -53,7 +53,9 @@ ACTOR = "dhcp"
 # Registrations of unknown machines: at most this many database writes in flight,
 # and per interface (or relay) a token bucket. A real rack powering on is a few
 # hundred machines over a minute; a spoofed-MAC flood is thousands a second.
-MAX_REGISTERING = 32
+# In flight stays well under the database pool (5 + 10 overflow) the lease writer
+# needs too; a registration is one short transaction, so 8 still record hundreds a second.
+MAX_REGISTERING = 8
 REGISTER_RATE = 20.0   # per second, per interface
 REGISTER_BURST = 200
 # How long an HTTP script request waits for the registration its DHCP exchange started.
