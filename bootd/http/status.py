@@ -91,7 +91,7 @@ def install(app: web.Application, feed: ChangeFeed) -> None:
         pages.hub.preload()  # 10,000 nodes take about a second to read: not in a page view
 
     async def on_shutdown(_: web.Application) -> None:
-        pages.hub.shutdown()  # open streams end now, not after the runner's shutdown timeout
+        await pages.hub.shutdown()  # open streams end now, not after the runner's shutdown timeout
         unsubscribe()
 
     app.on_startup.append(on_startup)

@@ -41,6 +41,7 @@ REFRESH = 60.0
 FULL_REFRESH = 600.0
 BATCH = 0.5
 MAX_PENDING = 1000
+LOAD_WAIT = 5.0  # at shutdown, for a snapshot load in flight
 Loader = Callable[[], Awaitable[list[NodeRecord]]]
 Stamp = Callable[[], Awaitable[int]]
 
@@ -199,11 +200,15 @@ class StatusHub:
     def streams(self) -> int:
         return len(self._streams)
 
-    def shutdown(self) -> None:
+    async def shutdown(self) -> None:
+        """Ends every stream at once; lets a load in flight finish (bounded) rather than
+        cancel it inside a database call, so the engine can be disposed after."""
         for stream in list(self._streams):
             stream.stop()
         if self._loading is not None:
-            self._loading.cancel()
+            _, pending = await asyncio.wait({self._loading}, timeout=LOAD_WAIT)
+            for task in pending:
+                task.cancel()
 
 
 def utc_now() -> datetime:
