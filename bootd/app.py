@@ -108,7 +108,9 @@ def build_services(config: Config, repo: Repository) -> list[Service]:
     for missing in missing_loaders(config) if config.services.tftp or config.services.http else []:
         log.warning("boot loader missing", extra=kv(**missing.fields()))
     if config.services.dns:
-        services.append(DnsService(config, repo, policy, backend.feed))
+        dns = DnsService(config, repo, policy, backend.feed)
+        metrics.watch_dns(dns)
+        services.append(dns)
     return services
 
 

@@ -66,6 +66,30 @@ class DhcpSource(Protocol):
     def pools(self) -> Sequence[PoolStats]: ...
 
 
+class DnsSource(Protocol):
+    """What the DNS collector reads (bootd.dns.server.DnsService satisfies it): queries
+    by (qtype, rcode) as dnslib names them, drops by reason: fixed sets, counted on
+    the hot path without a metric call."""
+
+    @property
+    def queries(self) -> Mapping[tuple[str, str], int]: ...
+
+    @property
+    def drops(self) -> Mapping[str, int]: ...
+
+
+def dns_families(dns: DnsSource) -> Iterable[Metric]:
+    queries = CounterMetricFamily("bootd_dns_queries", "DNS queries by query type and response code",
+                                  labels=["qtype", "rcode"])
+    for (qtype, rcode), n in sorted(dns.queries.items()):
+        queries.add_metric([qtype, rcode], n)
+    yield queries
+    drops = CounterMetricFamily("bootd_dns_dropped", "DNS packets dropped, by reason", labels=["reason"])
+    for reason, n in sorted(dns.drops.items()):
+        drops.add_metric([reason], n)
+    yield drops
+
+
 class TftpSource(Protocol):
     """What the TFTP collector reads (bootd.tftp.server.TftpService satisfies it)."""
 
@@ -119,8 +143,6 @@ class Metrics:
         self.bmc_seconds = Histogram("bootd_bmc_operation_duration_seconds", "BMC operation latency",
                                      ["op"], buckets=BMC_BUCKETS, registry=r)
         # For the DNS server: count each answered query with dns_query(qtype, rcode).
-        self.dns_queries = Counter("bootd_dns_queries", "DNS queries by query type and response code",
-                                   ["qtype", "rcode"], registry=r)
 
     def exposition(self) -> bytes:
         """The Prometheus text format of everything in this registry."""
@@ -148,10 +170,6 @@ class Metrics:
         self.bmc_operations.labels(op, result).inc()
         self.bmc_seconds.labels(op).observe(seconds)
 
-    def dns_query(self, qtype: str, rcode: str) -> None:
-        """qtype and rcode as dnslib names them (QTYPE[...], RCODE[...]): fixed sets."""
-        self.dns_queries.labels(qtype, rcode).inc()
-
     # -- read at scrape time ----------------------------------------------------------
 
     def watch_dhcp(self, dhcp: DhcpSource) -> None:
@@ -162,6 +180,9 @@ class Metrics:
 
     def watch_policy(self, policy: PolicySource) -> None:
         self.registry.register(_Read(lambda: policy_families(policy)))
+
+    def watch_dns(self, dns: DnsSource) -> None:
+        self.registry.register(_Read(lambda: dns_families(dns)))
 
 
 def _prefixed(counters: Mapping[str, int], prefix: str) -> list[tuple[str, int]]:

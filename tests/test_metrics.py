@@ -245,6 +245,13 @@ def test_dhcp_pools_and_counters(tmp_path: Path) -> None:
 
 # -- no global state ------------------------------------------------------------------------------------
 
+class _Dns:
+    """What DnsService counts as it answers (bootd.metrics.DnsSource)."""
+
+    queries = {("A", "NOERROR"): 1, ("PTR", "NXDOMAIN"): 2}
+    drops = {"malformed": 3}
+
+
 def test_two_metrics_objects_do_not_share_series(tmp_path: Path) -> None:
     config = _config(tmp_path)
     one, two = Metrics(), Metrics()
@@ -252,10 +259,13 @@ def test_two_metrics_objects_do_not_share_series(tmp_path: Path) -> None:
         m.watch_policy(Policy(config))
         m.watch_dhcp(DhcpService(config, NoLeases(), Policy(config)))
     one.http_request("GET", "/boot/{kind}", 200, 0.01)
-    one.dns_query("A", "NOERROR")
+    one.watch_dns(_Dns())
     assert value(parse(one.exposition().decode()), "bootd_http_requests_total",
                  method="GET", route="/boot/{kind}", status="200") == 1
-    assert value(parse(one.exposition().decode()), "bootd_dns_queries_total", qtype="A", rcode="NOERROR") == 1
+    scraped = parse(one.exposition().decode())
+    assert value(scraped, "bootd_dns_queries_total", qtype="A", rcode="NOERROR") == 1
+    assert value(scraped, "bootd_dns_queries_total", qtype="PTR", rcode="NXDOMAIN") == 2
+    assert value(scraped, "bootd_dns_dropped_total", reason="malformed") == 3
     assert not any(name.startswith(("bootd_http_requests", "bootd_dns"))
                    for name, _ in parse(two.exposition().decode()))
     assert b"bootd_" not in prometheus_client.generate_latest(prometheus_client.REGISTRY)
