@@ -15,7 +15,15 @@ is the last lease written for its address.
 
 No sockets: DhcpService needs real interfaces; its receive path is parse ->
 handle -> _apply, which the harness repeats. Reports crashes (must be 0),
-packets/s and the process's peak RSS (getrusage ru_maxrss). Run on its own:
+packets/s and the process's peak RSS (getrusage ru_maxrss).
+
+Measured (2 shared cores, nice 10): 1,000,000 packets, 0 crashes, 1,896
+packets/s, peak RSS 159 MiB. Half the corpus is PXE clients with random MACs,
+so the policy records machines all along (7,005 in 527 s, within its caps),
+and re-reads the whole node directory after each one: with the Booted effects
+not applied, the same run took 123 s (8,100 packets/s, 77 MiB).
+
+Run on its own:
 
     .venv/bin/python bench/fuzz_dhcp.py [--packets 1000000] [--seed 1]
 

@@ -75,9 +75,12 @@ def _capture(srv: Host, pcap: Path) -> subprocess.Popen[str]:
                      "and", "src", "host", SERVER, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                      text=True)
     assert proc.stderr is not None
-    ready, _, _ = select.select([proc.stderr], [], [], WAIT)
-    line = proc.stderr.readline() if ready else ""
-    assert "listening on" in line, line
+    deadline, seen = time.monotonic() + WAIT, []
+    while not seen or "listening on" not in seen[-1]:
+        ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready or proc.poll() is not None:
+            raise AssertionError(f"tcpdump did not start: {seen}")
+        seen.append(proc.stderr.readline())
     return proc
 
 
