@@ -53,6 +53,9 @@ FILE = bytes(i % 251 for i in range(70_001))
 
 
 class _Policy:
+    def fetched(self, peer: IPv4Address | None, kind: str, detail: str) -> None:
+        pass
+
     def tftp_file(self, path: str, peer: IPv4Address) -> bytes | None:
         return f"# {path} for {peer}\n".encode() if path.startswith("pxelinux.cfg/") else None
 

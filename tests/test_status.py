@@ -291,3 +291,40 @@ async def test_snapshot_follows_other_processes_by_the_stamp() -> None:
     await asyncio.sleep(0.01)
     assert db["loads"] == 2 and stream.take() == ({"a"}, False)
     assert hub.node("a").state is NodeState.DISCOVERED  # type: ignore[union-attr]
+
+
+def test_activity_is_bounded_per_machine_and_in_machines() -> None:
+    from bootd.activity import Activity
+
+    clock = iter(range(10_000))
+    log = Activity(clock=lambda: float(next(clock)), per_mac=3, macs=2)
+    for i in range(5):
+        log.record("aa", "tftp", f"file {i}\x1b[31m")
+    log.record("bb", "http", "x")
+    log.record("cc", "http", "y")  # pushes out aa, the machine seen least recently
+    assert log.of(["aa"]) == []
+    assert [f.detail for f in log.of(["bb", "cc"])] == ["x", "y"]
+    log.record("cc", "http", "z")
+    assert all(f.detail.isprintable() for f in log.of(["cc"]))
+
+
+async def test_node_page_shows_the_machines_recent_fetches(client: TestClient) -> None:
+    """TFTP and HTTP fetches join the timeline: the lease holder fetches its script and
+    an image; the policy records them (in memory, bounded) and the node page shows them."""
+    from ipaddress import IPv4Address
+
+    from bootd.http.boot import POLICY
+
+    await discovered(client, "n1")
+    node = await client.app[api.LIFECYCLE].node("n1")
+    policy = client.app[POLICY]
+    assert node.boot_mac is not None
+    policy.leased(node.boot_mac, IPv4Address("127.0.0.1"))
+    assert (await client.get(f"/boot/ipxe?mac={node.boot_mac}")).status == 200
+    policy.fetched(IPv4Address("127.0.0.1"), "tftp", "undionly.kpxe: complete, 70001 bytes")
+    policy.fetched(IPv4Address("127.0.0.9"), "tftp", "from an address nobody leased")  # not recorded
+    await log_in(client)
+    text = await (await client.get("/nodes/n1")).text()
+    assert "ipxe script for discovered to 127.0.0.1" in text
+    assert "undionly.kpxe: complete, 70001 bytes" in text
+    assert "nobody leased" not in text

@@ -39,6 +39,10 @@ class FakePolicy:
 
     def __init__(self) -> None:
         self.asked: list[tuple[str, IPv4Address]] = []
+        self.fetches: list[tuple[IPv4Address | None, str, str]] = []
+
+    def fetched(self, peer: IPv4Address | None, kind: str, detail: str) -> None:
+        self.fetches.append((peer, kind, detail))
 
     def tftp_file(self, path: str, peer: IPv4Address) -> bytes | None:
         self.asked.append((path, peer))
@@ -152,6 +156,9 @@ async def test_policy_and_cache_get_the_name_cleaned_once(start: Start) -> None:
     sock.close()
     assert answer == p.Error(p.ErrorCode.ACCESS_VIOLATION, "'.' or '..' in the file name")
     assert len(policy.asked) == 2
+    # Each finished transfer is told to the policy (the machine's recent activity).
+    done = f"undionly.kpxe: complete, {len(loader)} bytes"
+    assert (IPv4Address("127.0.0.1"), "tftp", done) in policy.fetches
 
 
 async def test_netascii_with_tsize_sends_the_converted_size(start: Start) -> None:

@@ -280,3 +280,30 @@ async def test_bmc_reservations_never_share_an_address_on_either_backend(db_url:
         assert sum("no free address" in s for s in scripts) == 3
     finally:
         await engine.dispose()
+
+
+async def test_a_registration_adds_its_node_without_rereading_the_directory(repo: Repository,
+                                                                            policy: Policy) -> None:
+    """A PXE flood must not cost a full directory read per recorded machine."""
+    reads: list[str | None] = []
+    original = repo.directory
+
+    async def counting(name: str | None = None) -> list:  # type: ignore[type-arg]
+        reads.append(name)
+        return await original(name)
+
+    repo.directory = counting  # type: ignore[method-assign]
+    for i in range(5):
+        policy.booted(BootClient(f"52:54:02:00:00:{i:02x}", Firmware.PXE, Arch.BIOS), None, via="eth0")
+        await asyncio.gather(*list(policy._tasks))
+    assert reads == [f"node-52540200000{i}" for i in range(5)]  # one node each, never all
+    assert all(policy.node(f"52:54:02:00:00:{i:02x}") is not None for i in range(5))
+
+
+def test_the_lease_map_forgets_a_machine_whose_address_passed_on(policy: Policy) -> None:
+    ip = IPv4Address("127.0.0.50")
+    for i in range(100):
+        policy.leased(f"52:54:03:00:00:{i:02x}", ip)
+    assert policy.holds_lease(ip, "52:54:03:00:00:63")
+    assert not policy.holds_lease(ip, "52:54:03:00:00:00")
+    assert len(policy._ips_by_mac) == 1 and len(policy._macs_by_ip) == 1

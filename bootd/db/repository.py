@@ -87,13 +87,16 @@ class Repository(BmcRows, LeaseRows):
             rows = await s.scalars(select(t.Node).order_by(t.Node.name))
             return [_node_record(n) for n in rows]
 
-    async def directory(self) -> list[DirectoryEntry]:
-        """Every interface with its node's addressing facts, for the in-memory directory."""
+    async def directory(self, name: str | None = None) -> list[DirectoryEntry]:
+        """Every interface with its node's addressing facts, for the in-memory directory
+        (or only node `name`'s, to add one node without reading them all)."""
+        query = (select(t.Interface.mac, t.Node.name, t.Node.admin_ip, t.Node.location, t.Node.state,
+                        t.Node.profile, t.Node.token_sealed)
+                 .join(t.Node, t.Interface.node_id == t.Node.id))
+        if name is not None:
+            query = query.where(t.Node.name == name.lower())
         async with self._tx(write=False) as s:
-            rows = await s.execute(
-                select(t.Interface.mac, t.Node.name, t.Node.admin_ip, t.Node.location, t.Node.state,
-                       t.Node.profile, t.Node.token_sealed)
-                .join(t.Node, t.Interface.node_id == t.Node.id))
+            rows = await s.execute(query)
             return [DirectoryEntry(mac, name, None if ip is None else IPv4Address(ip), loc,
                                    NodeState(state), profile, sealed)
                     for mac, name, ip, loc, state, profile, sealed in rows]

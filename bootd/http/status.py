@@ -25,7 +25,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import resources
 from urllib.parse import quote, urlencode
 
@@ -37,7 +37,7 @@ from bootd.bmc.controller import PowerOp
 from bootd.errors import BootdError, Conflict, InvalidInput, NotFound
 from bootd.feed import ChangeFeed
 from bootd.http import api
-from bootd.http.boot import OPERATOR, SETTINGS, same_token
+from bootd.http.boot import OPERATOR, POLICY, SETTINGS, same_token
 from bootd.http.sessions import COOKIE, Session, Sessions
 from bootd.http.statusfeed import BATCH, Stamped, StatusHub, Stream, utc_now
 from bootd.http.statusview import PATH, Filter, counts, overview, rack_of, row, tone
@@ -180,6 +180,9 @@ async def _timeline(request: web.Request, node: NodeRecord) -> list[TimelineEntr
                          e.actor, e.message)
            for e in await request.app[api.LIFECYCLE].events(node.name)]
     macs = {i.mac for i in node.interfaces}
+    for fetch in request.app[POLICY].activity.of(macs):  # recent TFTP and HTTP fetches (in memory)
+        at = datetime.fromtimestamp(fetch.at, UTC).isoformat(timespec="seconds")
+        out.append(TimelineEntry(at, f"{fetch.kind}-fetch", "", "", fetch.kind, fetch.detail))
     for lease in await request.app[api.REPO].list_leases():
         if lease.mac in macs:
             out.append(TimelineEntry(lease.expires_at.isoformat(timespec="seconds"), "dhcp-lease", "", "",

@@ -63,6 +63,9 @@ class TftpPolicy(Protocol):
     def tftp_file(self, path: str, peer: IPv4Address) -> bytes | None:
         """A generated file for a clean relative path, or None for a plain file under the root."""
 
+    def fetched(self, peer: IPv4Address | None, kind: str, detail: str) -> None:
+        """A transfer ended (for the machine's recent activity)."""
+
 
 class _Listener(asyncio.DatagramProtocol):
     def __init__(self, service: TftpService, address: str) -> None:
@@ -248,6 +251,8 @@ class TftpService:
         self.counters["bytes"] += session.bytes_sent
         kind = "failed" if not done.ok else "complete" if session.complete else "declined"
         self.counters[kind] += 1
+        self.policy.fetched(IPv4Address(transfer.peer[0]), "tftp",
+                            f"{transfer.name}: {kind}, {session.bytes_sent} bytes")
         if self._metrics is not None:
             self._metrics.tftp_transfer(kind, transfer.loop.time() - transfer.started)
         if done.ok:
