@@ -30,10 +30,11 @@ import collections
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 
-from bootd import boot
+from bootd import boot, neighbours
 from bootd.activity import Activity
 from bootd.boot import NodeView
 from bootd.config import Config
@@ -111,9 +112,14 @@ class Policy:
     name = "policy"
 
     def __init__(self, config: Config, repo: Repository | None = None,
-                 feed: ChangeFeed | None = None) -> None:
+                 feed: ChangeFeed | None = None,
+                 link_address: Callable[[IPv4Address], str | None] = neighbours.link_address) -> None:
         self.config = config
         self._repo = repo
+        self._feed = feed
+        self._link_address = link_address
+        self._refreshing: asyncio.Task[None] | None = None
+        self._publishing = False
         self._nodes: dict[str, DirectoryEntry] = {}
         self._macs_by_ip: dict[IPv4Address, str] = {}
         self._ips_by_mac: dict[str, IPv4Address] = {}
@@ -171,7 +177,16 @@ class Policy:
             self.activity.record(mac, kind, detail)
 
     def holds_lease(self, peer: IPv4Address | None, mac: str) -> bool:
-        return peer is not None and self._macs_by_ip.get(peer) == mac
+        """`peer` holds bootd's lease for `mac`, and, on a directly attached subnet, the
+        kernel's ARP entry for `peer` is `mac` too (bootd.neighbours: a spoofed DHCP
+        exchange can bind an address to someone else's MAC; it cannot answer ARP as them)."""
+        if peer is None or self._macs_by_ip.get(peer) != mac:
+            return False
+        seen = self._link_address(peer)
+        if seen is not None and seen != mac:
+            self._refuse("not-lease-holder", f"{peer} holds {mac}'s lease but answers ARP as {seen}")
+            return False
+        return True
 
     def lease_of(self, mac: str) -> IPv4Address | None:
         """The address bootd leased to `mac` now (DNS answers a node by it)."""
@@ -206,9 +221,8 @@ class Policy:
 
     def leased(self, mac: str, ip: IPv4Address) -> None:
         """DHCP bound `ip` to `mac`: TFTP and HTTP can tell who asks by source address."""
-        old = self._ips_by_mac.get(mac)
-        if old is not None and old != ip and self._macs_by_ip.get(old) == mac:
-            del self._macs_by_ip[old]
+        # An address holds one MAC; a MAC may hold several addresses (a spoofed exchange
+        # binding a second address to a MAC must not take the real holder's away).
         previous = self._macs_by_ip.get(ip)
         if previous is not None and previous != mac and self._ips_by_mac.get(previous) == ip:
             del self._ips_by_mac[previous]  # the address passed to another machine
@@ -263,22 +277,23 @@ class Policy:
         if self.holds_lease(peer, mac):  # its subnet, for the installer's network (bootd.installnet)
             view = replace(view, leased=peer)
         text = boot.script(kind, view, self.config)
-        self.activity.record(mac, "http" if kind == "ipxe" else "script", f"{kind} script for "
-                             f"{entry.state.value if entry else 'an unknown machine'} to {peer or '-'}")
+        if entry is not None:  # only machines bootd knows: anyone may ask for a random MAC
+            self.activity.record(mac, "http" if kind == "ipxe" else "script",
+                                 f"{kind} script for {entry.state.value} to {peer or '-'}")
         return text
 
     async def boot_script(self, kind: str, mac: str, peer: IPv4Address | None, *,
                           operator: bool = False) -> str:
         """HTTP's way in: like `script`, but waits briefly for a registration that
         this machine's own DHCP exchange started a moment ago."""
-        # One cheap stamp query: HTTP (once per boot) answers from the same directory
-        # as TFTP and DHCP, never older than the last committed change.
-        await self.refresh()
+        # A committed change in this process (the feed) is applied before answering;
+        # another process's within the poll. No database query per request otherwise.
+        if self._dirty.is_set():
+            await self.refresh(force=True)
         pending = self._pending.get(mac)
         if mac not in self._nodes and pending is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(pending.wait(), REGISTER_WAIT)
-            await self.refresh()
         return self.script(kind, mac, peer, operator=operator)
 
     async def identity(self, mac: str, peer: IPv4Address | None) -> tuple[str, str]:
@@ -374,6 +389,14 @@ class Policy:
                 if location is not None:
                     node = await self._repo.set_location(known.name, location, actor=ACTOR)
                     log.info("node moved", extra=kv(node=known.name, mac=mac, location=location))
+            if node is not None and self._feed is not None:
+                # The status page and DNS follow; this policy merges the node below instead
+                # of reloading the whole directory (_on_change ignores its own news).
+                self._publishing = True
+                try:
+                    self._feed.publish(NodeChanged(node, "created" if known is None else "located"))
+                finally:
+                    self._publishing = False
             if node is not None:
                 # This node's entries only: re-reading the whole directory per registration
                 # made a sustained PXE flood cost O(nodes) each (measured: 4x slower, 2x RSS).
@@ -390,11 +413,23 @@ class Policy:
     # -- keeping the directory current ----------------------------------------
 
     def _on_change(self, change: NodeChanged) -> None:
-        self._dirty.set()
+        if not self._publishing:
+            self._dirty.set()
 
     async def refresh(self, *, force: bool = False) -> None:
+        """Reload the directory if the inventory changed; concurrent callers share one
+        reload (a rack of iPXE clients asking at once must not read it once each)."""
         if self._repo is None:
             return
+        if self._refreshing is not None and not self._refreshing.done():
+            await asyncio.shield(self._refreshing)
+            return
+        self._dirty.clear()
+        self._refreshing = asyncio.ensure_future(self._reload(force))
+        await asyncio.shield(self._refreshing)
+
+    async def _reload(self, force: bool) -> None:
+        assert self._repo is not None
         stamp = await self._repo.inventory_stamp()
         if stamp == self._stamp and not force:
             return
@@ -419,7 +454,6 @@ class Policy:
         while True:
             try:
                 await self.refresh(force=self._dirty.is_set())
-                self._dirty.clear()
             except BootdError as exc:
                 log.warning("cannot refresh the node directory", extra=kv(reason=str(exc)))
             # A committed change wakes us at once; another process's, within the poll.
@@ -427,6 +461,13 @@ class Policy:
                 await asyncio.wait_for(self._dirty.wait(), REFRESH_SECONDS)
 
     async def close(self) -> None:
+        # Registrations in flight are short transactions: let them finish (bounded)
+        # rather than cancel one inside a database call.
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5.0)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._refreshing is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._refreshing), 5.0)

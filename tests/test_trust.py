@@ -307,3 +307,36 @@ def test_the_lease_map_forgets_a_machine_whose_address_passed_on(policy: Policy)
     assert policy.holds_lease(ip, "52:54:03:00:00:63")
     assert not policy.holds_lease(ip, "52:54:03:00:00:00")
     assert len(policy._ips_by_mac) == 1 and len(policy._macs_by_ip) == 1
+    # One MAC at several addresses (a second exchange): each address still names it.
+    policy.leased("52:54:03:00:00:63", IPv4Address("127.0.0.51"))
+    assert policy.holds_lease(ip, "52:54:03:00:00:63")
+    assert policy.holds_lease(IPv4Address("127.0.0.51"), "52:54:03:00:00:63")
+
+
+def test_a_spoofed_exchange_cannot_make_another_host_the_lease_holder(config: Config,
+                                                                     repo: Repository) -> None:
+    """DHCP with the victim's chaddr (and a client id of the attacker's own) binds a pool
+    address to the victim's MAC. The kernel's ARP entry for the attacker's address still
+    names the attacker: no token for it; and the victim keeps its own address's trust."""
+    victim, attacker_mac = "52:54:00:00:00:01", "02:00:00:00:66:66"
+    victim_ip, attacker_ip = IPv4Address("198.18.0.100"), IPv4Address("198.18.0.166")
+    arp = {victim_ip: victim, attacker_ip: attacker_mac}
+    policy = Policy(config, repo, ChangeFeed(), link_address=arp.get)
+    policy.leased(victim, victim_ip)
+    policy.leased(victim, attacker_ip)  # the spoofed exchange
+    assert not policy.holds_lease(attacker_ip, victim)
+    assert policy.holds_lease(victim_ip, victim)
+    assert policy.refused["not-lease-holder"] == 1
+
+
+def test_link_address_reads_complete_arp_entries_only(tmp_path: Path) -> None:
+    from bootd.neighbours import link_address
+
+    table = tmp_path / "arp"
+    table.write_text("IP address       HW type     Flags       HW address            Mask     Device\n"
+                     "198.18.0.100     0x1         0x2         52:54:00:AA:00:01     *        eth0\n"
+                     "198.18.0.101     0x1         0x0         00:00:00:00:00:00     *        eth0\n")
+    assert link_address(IPv4Address("198.18.0.100"), table) == "52:54:00:aa:00:01"
+    assert link_address(IPv4Address("198.18.0.101"), table) is None
+    assert link_address(IPv4Address("198.18.0.102"), table) is None
+    assert link_address(IPv4Address("198.18.0.100"), tmp_path / "missing") is None

@@ -127,8 +127,8 @@ class Forwarder:
                 writer.write(len(query.raw).to_bytes(2, "big") + query.raw)
                 size = int.from_bytes(await reader.readexactly(2), "big")
                 data = await reader.readexactly(size)
-            if data[:2] != query.raw[:2] or not data[2] & 0x80:
-                return None
+            if len(data) < 12 or data[:2] != query.raw[:2] or not data[2] & 0x80:
+                return None  # shorter than a DNS header, another id, or not a response
             return data
         except (TimeoutError, OSError, asyncio.IncompleteReadError):
             return None

@@ -56,6 +56,9 @@ IDLE_SECONDS = 10.0
 MAX_CONNECTIONS = 256
 MAX_FORWARDING = 4096
 CACHE_ENTRIES = 16384
+# Only ordinary queries are cached: a padded 64 KiB one would make the cache cost
+# its entry count times that (a real query is well under 512 bytes).
+CACHE_KEY_MAX = 510
 
 
 class Inventory(Protocol):
@@ -214,7 +217,8 @@ class DnsService:
             log.warning("query dropped", extra=kv(reason=reason, count=self.drops[reason]))
 
     def _count(self, query: Query, rcode: int) -> tuple[str, str]:
-        qtype = QTYPE.get(query.qtype, str(query.qtype)) if query.question is not None else "-"
+        # Unknown types count as "other": the label set stays fixed whatever senders choose.
+        qtype = QTYPE.get(query.qtype, "other") if query.question is not None else "-"
         key = (str(qtype), str(RCODE.get(rcode, str(rcode))))
         self.queries[key] += 1
         return key
@@ -237,7 +241,7 @@ class DnsService:
         if isinstance(outcome, Reply):
             counted = self._count(query, outcome.rcode)
             out = pack(outcome, query.udp_limit)
-            if reads == self._leases.reads:
+            if reads == self._leases.reads and len(key) <= CACHE_KEY_MAX:
                 if len(self._cache) >= CACHE_ENTRIES:
                     self._cache.clear()
                 self._cache[key] = (out[2:], counted)
