@@ -143,3 +143,13 @@ async def move(repo: Any, name: str, target: Any, who: Any, **kw: Any) -> Any:
     config = parse_config(loopback_config(Path("/nonexistent/state"), 8080))
     # The repository's clock (a test's fake one), as Repository.transition used.
     return await Lifecycle(config, repo, clock=repo._clock).move(name, target, who, **kw)
+
+
+@pytest.fixture(autouse=True)
+def _keep_umask() -> Iterator[None]:
+    """`bootd.cli.main` sets the process umask to 077 (right for a CLI process); tests
+    that call it in-process must not leave it to the tests after them."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    yield
+    os.umask(mask)
