@@ -148,8 +148,10 @@ def _from_tftp_root(request: web.Request, tail: str) -> web.StreamResponse:
     if not path.is_file():
         raise web.HTTPForbidden(reason=f"{tail} is not a file")
     rng = request.headers.get("Range")
-    request.app[POLICY].fetched(peer_address(request), "http",
-                                f"{request.method} /{tail}" + (f" ({rng[:40]})" if rng else ""))
+    policy = request.app.get(POLICY)
+    if policy is not None:  # the machine's recent activity (status page)
+        policy.fetched(peer_address(request), "http",
+                       f"{request.method} /{tail}" + (f" ({rng[:40]})" if rng else ""))
     # FileResponse: sendfile(2), Range and If-Modified-Since, never the whole file in memory.
     return web.FileResponse(path, chunk_size=256 * 1024)
 
