@@ -42,6 +42,7 @@ from bootd.db.repository import Repository
 from bootd.errors import BootdError, NotFound
 from bootd.feed import ChangeFeed, NodeChanged
 from bootd.logs import Throttle, kv
+from bootd.model.bucket import TokenBucket
 from bootd.model.clients import Arch, BootClient, Firmware
 from bootd.model.lifecycle import BOOT, Boot
 from bootd.model.names import mac_address
@@ -89,23 +90,6 @@ class NotLeaseHolder(BootdError):
     """A script with a node's token was asked for by a peer that does not hold its lease."""
 
 
-class _Bucket:
-    """A token bucket: `rate` per second, at most `burst` saved up."""
-
-    __slots__ = ("level", "stamp")
-
-    def __init__(self, now: float) -> None:
-        self.level, self.stamp = float(REGISTER_BURST), now
-
-    def take(self, now: float) -> bool:
-        self.level = min(float(REGISTER_BURST), self.level + (now - self.stamp) * REGISTER_RATE)
-        self.stamp = now
-        if self.level < 1.0:
-            return False
-        self.level -= 1.0
-        return True
-
-
 class Policy:
     """Also a Service: it starts with a full directory and keeps it current."""
 
@@ -125,7 +109,7 @@ class Policy:
         self._ips_by_mac: dict[str, IPv4Address] = {}
         self._stamp = -1
         self._pending: dict[str, asyncio.Event] = {}  # MACs being registered or relocated
-        self._buckets: dict[str, _Bucket] = {}
+        self._buckets: dict[str, TokenBucket] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._dirty = asyncio.Event()
         self._say = Throttle(60.0, keys=64)
@@ -368,8 +352,8 @@ class Policy:
         if bucket is None:
             if len(self._buckets) >= 1024:  # interfaces and relays are few; bound it anyway
                 self._buckets.clear()
-            bucket = self._buckets[via] = _Bucket(now)
-        if not bucket.take(now):
+            bucket = self._buckets[via] = TokenBucket(float(REGISTER_BURST), now)
+        if not bucket.take(now, REGISTER_RATE, REGISTER_BURST):
             self._refuse("registrations-rate", f"{client.mac} via {via}")
             return
         self._pending[client.mac] = asyncio.Event()

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bootd.errors import InvalidInput
+from bootd.model.bucket import TokenBucket
 from bootd.model.names import mac_address
 
 KIND = "boot-failed"
@@ -97,21 +98,6 @@ def parse_report(query: Mapping[str, str]) -> BootFailure:
     return BootFailure(mac, step, clean_text(query.get("url", ""), MAX_URL), errno, tries)
 
 
-class _Bucket:
-    __slots__ = ("level", "stamp")
-
-    def __init__(self, level: float, now: float) -> None:
-        self.level, self.stamp = level, now
-
-    def take(self, now: float, rate: float, burst: float) -> bool:
-        self.level = min(burst, self.level + max(0.0, now - self.stamp) * rate)
-        self.stamp = now
-        if self.level < 1.0:
-            return False
-        self.level -= 1.0
-        return True
-
-
 class ReportLimiter:
     """Per MAC: `burst` reports, then one per `per_mac_seconds`; overall: `total_rate`
     a second with a burst of `total_burst`. At most `keys` MACs are remembered; when
@@ -121,19 +107,19 @@ class ReportLimiter:
                  total_burst: int = 100, keys: int = 4096) -> None:
         self.burst, self.rate = float(burst), 1.0 / per_mac_seconds
         self.total_rate, self.total_burst, self.keys = total_rate, float(total_burst), keys
-        self._macs: dict[str, _Bucket] = {}
-        self._total: _Bucket | None = None
+        self._macs: dict[str, TokenBucket] = {}
+        self._total: TokenBucket | None = None
 
     def allow(self, mac: str, now: float) -> bool:
         bucket = self._macs.get(mac)
         if bucket is None:
             if len(self._macs) >= self.keys:
                 self._macs.clear()
-            bucket = self._macs[mac] = _Bucket(self.burst, now)
+            bucket = self._macs[mac] = TokenBucket(self.burst, now)
         if not bucket.take(now, self.rate, self.burst):
             return False
         if self._total is None:
-            self._total = _Bucket(self.total_burst, now)
+            self._total = TokenBucket(self.total_burst, now)
         return self._total.take(now, self.total_rate, self.total_burst)
 
     def __len__(self) -> int:
