@@ -59,8 +59,6 @@ ACTOR = "dhcp"
 # In flight stays well under the database pool (5 + 10 overflow) the lease writer
 # needs too; a registration is one short transaction, so 8 still record hundreds a second.
 MAX_REGISTERING = 8
-REGISTER_RATE = 20.0   # per second, per interface
-REGISTER_BURST = 200
 # How long an HTTP script request waits for the registration its DHCP exchange started.
 REGISTER_WAIT = 3.0
 
@@ -347,13 +345,13 @@ class Policy:
         if len(self._pending) >= MAX_REGISTERING:
             self._refuse("registrations-busy", f"{client.mac} via {via}")
             return
-        now = time.monotonic()
+        now, rate, burst = time.monotonic(), self.config.dhcp.register_rate, self.config.dhcp.register_burst
         bucket = self._buckets.get(via)
         if bucket is None:
             if len(self._buckets) >= 1024:  # interfaces and relays are few; bound it anyway
                 self._buckets.clear()
-            bucket = self._buckets[via] = TokenBucket(float(REGISTER_BURST), now)
-        if not bucket.take(now, REGISTER_RATE, REGISTER_BURST):
+            bucket = self._buckets[via] = TokenBucket(float(burst), now)
+        if not bucket.take(now, rate, burst):
             self._refuse("registrations-rate", f"{client.mac} via {via}")
             return
         self._pending[client.mac] = asyncio.Event()

@@ -195,3 +195,44 @@ def test_profiles_builtin_and_operator_added() -> None:
     assert (alma.kernel, alma.tree_url("http://x")) == ("images/alma-9/vmlinuz",
                                                           "http://mirror.example/alma/9/BaseOS/x86_64/os")
     assert config.profiles["rocky-9"].tree_url("http://h:8080") == "http://h:8080/images/rocky-9/tree"
+
+
+# -- issue 14/15: waves, rogue DHCP, router advertisements, daemon id -----------------
+
+def test_waves_rogue_ra_and_daemon_id_parse() -> None:
+    from bootd.model.states import NodeState
+    c = parse_config(GOOD + '\n[waves]\nstates = ["installing"]\nmax_global = 20\nmax_per_rack = 0\n'
+                     'wait = 5\nforget_after = 60\n'
+                     '[rogue]\nprobe_interval = 0\nallowed = ["198.18.0.254"]\n'
+                     '[ra]\nenabled = false\ninterval = 10\n'
+                     '[dhcp]\nregister_rate = 500.0\nregister_burst = 5000\n'.replace(
+                         "[server]\n", "[server]\n"), "w.toml")
+    assert c.waves.states == frozenset({NodeState.INSTALLING})
+    assert (c.waves.max_global, c.waves.max_per_rack, c.waves.wait, c.waves.forget_after) == (20, 0, 5, 60)
+    assert c.rogue.probe_interval == 0 and c.rogue.allowed == (IPv4Address("198.18.0.254"),)
+    assert not c.ra.enabled and c.ra.interval == 10
+    assert (c.dhcp.register_rate, c.dhcp.register_burst) == (500.0, 5000)
+    d = parse_config(GOOD.replace('state_dir', 'daemon_id = "admin-2"\nstate_dir'))
+    assert d.daemon_id == "admin-2"
+    assert d.waves.max_global == 8 and d.ra.enabled and d.rogue.watch
+
+
+@pytest.mark.parametrize(("extra", "key"), [
+    ('[waves]\nstates = ["ready"]\n', "waves.states[0]"),
+    ('[waves]\nwait = 30\nforget_after = 40\n', "waves.forget_after"),
+    ('[waves]\nmax_global = -1\n', "waves.max_global"),
+    ('[rogue]\nprobe_interval = 3\n', "rogue.probe_interval"),
+    ('[rogue]\nallowed = ["x"]\n', "rogue.allowed[0]"),
+    ('[ra]\ninterval = 2\n', "ra.interval"),
+    ('[dhcp]\nregister_burst = 0\n', "dhcp.register_burst"),
+])
+def test_wave_rogue_ra_errors_name_the_key(extra: str, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(GOOD + "\n" + extra, "w.toml")
+    assert key in str(err.value)
+
+
+def test_daemon_id_must_be_a_name() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(GOOD.replace('state_dir', 'daemon_id = "a b"\nstate_dir'))
+    assert "server.daemon_id" in str(err.value)

@@ -23,7 +23,10 @@ from conftest import REPO
 from netlab import Lab
 from test_dhcp_lab import Udhcpc
 
-from bootd.policy import MAX_REGISTERING, REGISTER_BURST, REGISTER_RATE
+from bootd.config import DhcpConfig
+from bootd.policy import MAX_REGISTERING
+
+REGISTER_RATE, REGISTER_BURST = DhcpConfig().register_rate, DhcpConfig().register_burst
 
 pytestmark = pytest.mark.lab
 PACKETS = 40_000

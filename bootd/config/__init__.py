@@ -33,9 +33,12 @@ from bootd.config.sections import (
     HttpConfig,
     InstallConfig,
     LifecycleConfig,
+    RaConfig,
+    RogueConfig,
     Services,
     Subnet,
     TftpConfig,
+    WavesConfig,
 )
 
 __all__ = [
@@ -55,9 +58,12 @@ __all__ = [
     "HttpConfig",
     "InstallConfig",
     "LifecycleConfig",
+    "RaConfig",
+    "RogueConfig",
     "Services",
     "Subnet",
     "TftpConfig",
+    "WavesConfig",
     "check_host",
     "load_config",
     "parse_config",

@@ -12,6 +12,8 @@ pure), and the config file's [profiles.NAME] tables.
 
 from __future__ import annotations
 
+import platform
+import re
 import tomllib
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network
@@ -38,9 +40,12 @@ from bootd.config.sections import (
     HttpConfig,
     InstallConfig,
     LifecycleConfig,
+    RaConfig,
+    RogueConfig,
     Services,
     Subnet,
     TftpConfig,
+    WavesConfig,
 )
 from bootd.config.table import (
     Table,
@@ -59,6 +64,9 @@ from bootd.model.names import dns_domain
 from bootd.model.profiles import BUILTIN, Family, Profile, valid_name
 from bootd.model.states import NodeState
 from bootd.render import check as render_check
+
+# States whose nodes load the admin node (image, installer downloads) and so may wait for a place.
+HEAVY_CHOICES = frozenset({NodeState.HARDWARE_INSTALLING, NodeState.INSTALLING, NodeState.READYING})
 
 
 def _subnet(table: Table, admin: IPv4Address) -> Subnet:
@@ -132,6 +140,9 @@ def parse_config(text: str, source: str = "<config>", imported: ProfileFiles | N
     if not state_dir.is_absolute():
         raise server.error("state_dir", f"{state_dir_text!r} must be an absolute path")
     db_url = server.parse("database_url", database_url) or f"sqlite+aiosqlite:///{state_dir / 'bootd.db'}"
+    daemon_id = server.get("daemon_id", str, _host_name())
+    if not _DAEMON_ID.fullmatch(daemon_id):
+        raise server.error("daemon_id", f"{daemon_id!r} is not a name of 1-64 letters, digits, '.', '_', '-'")
     log_level = server.get("log_level", str, "info")
     if log_level not in LOG_LEVELS:
         raise server.error("log_level", f"{log_level!r} is not one of {', '.join(LOG_LEVELS)}")
@@ -162,6 +173,9 @@ def parse_config(text: str, source: str = "<config>", imported: ProfileFiles | N
     lifecycle = _lifecycle(root.table("lifecycle"))
     profiles = _profiles(root.table("profiles"), _imported(imported(state_dir) if imported else ()))
     bmc = _bmc(root.table("bmc"))
+    waves = _waves(root.table("waves"))
+    rogue = _rogue(root.table("rogue"))
+    ra = _ra(root.table("ra"))
 
     subnets_raw = root.get("subnets", list, [])
     subnets = [_subnet(Table(source, f"subnets[{i}]", item), admin) for i, item in enumerate(subnets_raw)]
@@ -169,7 +183,69 @@ def parse_config(text: str, source: str = "<config>", imported: ProfileFiles | N
     root.finish()
     return Config(source, admin, tuple(interfaces), state_dir, db_url, log_level, services,
                   HttpConfig(host, port, Path(token_text), status_public), tuple(subnets), dhcp, boot, tftp,
-                  install, lifecycle, profiles, bmc, dns)
+                  install, lifecycle, profiles, bmc, dns, waves, rogue, ra, daemon_id)
+
+
+_DAEMON_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _host_name() -> str:
+    name = platform.node().split(".")[0]
+    return name if _DAEMON_ID.fullmatch(name) else "bootd"
+
+
+def _waves(t: Table) -> WavesConfig:
+    d = WavesConfig()
+    states: set[NodeState] = set()
+    for i, item in enumerate(t.get("states", list, sorted(d.states))):
+        try:
+            state = NodeState(item) if isinstance(item, str) else None
+        except ValueError:
+            state = None
+        if state is None or state not in HEAVY_CHOICES:
+            raise t.error(f"states[{i}]", f"{item!r} is not one of {', '.join(sorted(HEAVY_CHOICES))}")
+        states.add(state)
+    values = {}
+    for name, low, high in (("max_global", 0, 100_000), ("max_per_rack", 0, 100_000),
+                            ("max_per_daemon", 0, 100_000), ("wait", 1, 3600), ("forget_after", 10, 86400)):
+        value = t.get(name, int, getattr(d, name))
+        if not low <= value <= high:
+            raise t.error(name, f"must be between {low} and {high}")
+        values[name] = value
+    if values["forget_after"] <= 2 * values["wait"]:
+        raise t.error("forget_after", f"must be more than twice wait ({values['wait']} s): a machine "
+                      "asks again every wait seconds and would lose its place between asks")
+    t.finish()
+    return WavesConfig(frozenset(states), **values)
+
+
+def _rogue(t: Table) -> RogueConfig:
+    d = RogueConfig()
+    interval = t.get("probe_interval", int, d.probe_interval)
+    if interval != 0 and not 10 <= interval <= 86400:
+        raise t.error("probe_interval", "must be 0 (never) or between 10 and 86400 seconds")
+    allowed: list[IPv4Address] = []
+    for i, item in enumerate(t.get("allowed", list, [])):
+        if not isinstance(item, str):
+            raise t.error(f"allowed[{i}]", f"must be a string, not {kind_of(item)}")
+        try:
+            allowed.append(ipv4(item))
+        except ValueError as exc:
+            raise t.error(f"allowed[{i}]", str(exc)) from None
+    config = RogueConfig(t.get("watch", bool, d.watch), interval,
+                         number(t, "probe_wait", d.probe_wait, 0.5, 30), tuple(allowed))
+    t.finish()
+    return config
+
+
+def _ra(t: Table) -> RaConfig:
+    d = RaConfig()
+    interval = t.get("interval", int, d.interval)
+    if not 4 <= interval <= 1800:  # RFC 4861 section 6.2.1: MaxRtrAdvInterval 4..1800
+        raise t.error("interval", "must be between 4 and 1800 seconds")
+    config = RaConfig(t.get("enabled", bool, d.enabled), interval)
+    t.finish()
+    return config
 
 
 def _dhcp(t: Table) -> DhcpConfig:
@@ -185,8 +261,12 @@ def _dhcp(t: Table) -> DhcpConfig:
         raise t.error("decline_quarantine", f"must be between 0 and {MAX_LEASE_TIME} seconds")
     if not 1 <= hold <= 600:
         raise t.error("offer_hold", "must be between 1 and 600 seconds")
+    burst = t.get("register_burst", int, d.register_burst)
+    if not 1 <= burst <= 1_000_000:
+        raise t.error("register_burst", "must be between 1 and 1000000")
     config = DhcpConfig(mode, t.get("authoritative", bool, d.authoritative),
-                        t.get("conflict_check", bool, d.conflict_check), quarantine, hold)
+                        t.get("conflict_check", bool, d.conflict_check), quarantine, hold,
+                        number(t, "register_rate", d.register_rate, 0.1, 100_000), burst)
     t.finish()
     return config
 

@@ -86,6 +86,11 @@ class DhcpConfig:
     conflict_check: bool = True
     decline_quarantine: int = 3600
     offer_hold: int = 30
+    # Machines recorded from a PXE boot, per interface or relay: a token bucket (per
+    # second, burst). A rack powering on is a few hundred machines a minute; a
+    # spoofed-MAC flood is thousands a second.
+    register_rate: float = 20.0
+    register_burst: int = 200
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,43 @@ class LifecycleConfig:
     check_interval: float = 10.0
 
 
+HEAVY_STATES = frozenset({NodeState.HARDWARE_INSTALLING, NodeState.INSTALLING})
+
+
+@dataclass(frozen=True)
+class WavesConfig:
+    """[waves]: how many nodes may be in the heavy states at once (admission at boot
+    time, bootd.model.admission). 0 = no limit at that level. The defaults keep a
+    2-core admin node serving installers' kernels, initrds and packages comfortably."""
+
+    states: frozenset[NodeState] = HEAVY_STATES
+    max_global: int = 8
+    max_per_rack: int = 4
+    max_per_daemon: int = 8
+    wait: int = 15           # seconds a waiting machine sleeps before it asks again
+    forget_after: int = 120  # a waiting machine that stops asking this long loses its place
+
+
+@dataclass(frozen=True)
+class RogueConfig:
+    """[rogue]: noticing other DHCP servers on the admin interfaces (bootd.dhcp.rogue)."""
+
+    watch: bool = True          # passively: OFFERs/ACKs from other servers seen on the wire
+    probe_interval: int = 300   # actively: a DISCOVER of our own every N seconds; 0 = never
+    probe_wait: float = 3.0     # seconds to collect answers to a probe
+    allowed: tuple[IPv4Address, ...] = ()  # servers that are expected (proxy mode's real one)
+
+
+@dataclass(frozen=True)
+class RaConfig:
+    """[ra]: IPv6 router advertisements with router lifetime 0 on the admin interfaces
+    (RFC 4861 section 4.2: "not a default router"), so firmware stops waiting for
+    IPv6 autoconfiguration (iPXE waits ~13 s on a link with none)."""
+
+    enabled: bool = True
+    interval: int = 30
+
+
 @dataclass(frozen=True)
 class HttpConfig:
     host: str
@@ -194,6 +236,12 @@ class Config:
     profiles: dict[str, Profile] = field(default_factory=lambda: dict(BUILTIN))
     bmc: BmcConfig = field(default_factory=BmcConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
+    waves: WavesConfig = field(default_factory=WavesConfig)
+    rogue: RogueConfig = field(default_factory=RogueConfig)
+    ra: RaConfig = field(default_factory=RaConfig)
+    # This daemon's name among several sharing one database (subnet claims,
+    # per-daemon wave limits); the host name unless [server] daemon_id says.
+    daemon_id: str = "bootd"
 
     @property
     def http_base(self) -> str:
@@ -235,6 +283,10 @@ class Config:
             keys.append("dns.port")
         if new.dns.upstreams != self.dns.upstreams:
             keys.append("dns.upstreams")
+        if new.daemon_id != self.daemon_id:
+            keys.append("server.daemon_id")
+        if new.ra != self.ra:
+            keys.append("ra")
         if (new.http.host, new.http.port) != (self.http.host, self.http.port):
             keys.append("http.listen")
         return keys

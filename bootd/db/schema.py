@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -171,3 +172,89 @@ class Event(Base):
     to_state: Mapped[str | None] = mapped_column(String(32))
     actor: Mapped[str] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text, default="")
+
+
+class Admission(Base):
+    """A node's place in the install waves (bootd.model.admission): one row per node
+    that booted into a heavy state. Waiting rows are the queue (ordered by rack,
+    then allocated_at); admitted rows hold a slot until the node leaves `state`.
+    Rows live in the database so the queue survives a restart and the limits hold
+    across several daemons (counted under a lock)."""
+
+    __tablename__ = "admissions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), unique=True)
+    state: Mapped[str] = mapped_column(String(32))          # the heavy state this place is for
+    rack: Mapped[str | None] = mapped_column(String(64))
+    daemon: Mapped[str] = mapped_column(String(64))         # the daemon whose subnet it boots from
+    rollout_id: Mapped[int | None] = mapped_column(ForeignKey("rollouts.id", ondelete="SET NULL"))
+    allocated_at: Mapped[datetime] = mapped_column(UtcDateTime())  # when it entered `state`: queue order
+    queued_at: Mapped[datetime] = mapped_column(UtcDateTime())     # its first ask
+    asked_at: Mapped[datetime] = mapped_column(UtcDateTime())      # its last ask (a silent one is forgotten)
+    admitted_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class Rollout(Base):
+    """One operator command installing many nodes: `bootd rollout start`."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    profile: Mapped[str] = mapped_column(String(64))
+    selector: Mapped[str] = mapped_column(Text)              # JSON: what the operator selected
+    max_parallel: Mapped[int | None] = mapped_column(Integer)  # this rollout's own wave limit
+    max_failures: Mapped[int] = mapped_column(Integer)         # past it, the rollout pauses itself
+    state: Mapped[str] = mapped_column(String(16))             # running, paused, cancelled, done
+    reason: Mapped[str] = mapped_column(Text, default="")      # why it paused/ended
+    actor: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class RolloutNode(Base):
+    __tablename__ = "rollout_nodes"
+    __table_args__ = (UniqueConstraint("rollout_id", "node_name", name="uq_rollout_nodes_rollout_node"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"), index=True)
+    node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", ondelete="SET NULL"), index=True)
+    node_name: Mapped[str] = mapped_column(String(63))
+    rack: Mapped[str | None] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))   # pending, active, ready, problem, cancelled
+    detail: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class SubnetClaim(Base):
+    """Which daemon serves a subnet, when several share one database: a second daemon
+    claiming a served subnet refuses to start. heartbeat_at lets a dead daemon's
+    claim be taken over."""
+
+    __tablename__ = "subnet_claims"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cidr: Mapped[str] = mapped_column(String(18), unique=True)
+    daemon: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(String(15))   # the claiming daemon's admin address
+    claimed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    heartbeat_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class DhcpFinding(Base):
+    """Another DHCP server seen on an admin interface (bootd.dhcp.rogue)."""
+
+    __tablename__ = "dhcp_findings"
+    __table_args__ = (UniqueConstraint("daemon", "interface", "server_ip", "server_mac",
+                                       name="uq_dhcp_findings_server"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    daemon: Mapped[str] = mapped_column(String(64))
+    interface: Mapped[str] = mapped_column(String(16))
+    server_ip: Mapped[str] = mapped_column(String(15))
+    server_mac: Mapped[str] = mapped_column(String(17))
+    method: Mapped[str] = mapped_column(String(8))     # passive, active
+    offered: Mapped[str] = mapped_column(Text, default="")  # what it offered (address, boot file, router)
+    first_seen: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_seen: Mapped[datetime] = mapped_column(UtcDateTime())
+    count: Mapped[int] = mapped_column(Integer, default=1)
