@@ -52,6 +52,7 @@ from bootd.render import BootTarget, render
 
 log = logging.getLogger("bootd.policy")
 REFRESH_SECONDS = 2.0
+FULL_RELOAD = 300.0  # seconds: a full re-read now and then, whatever the event log says
 ACTOR = "dhcp"
 # Registrations of unknown machines: at most this many database writes in flight,
 # and per interface (or relay) a token bucket. A real rack powering on is a few
@@ -106,6 +107,7 @@ class Policy:
         self._macs_by_ip: dict[IPv4Address, str] = {}
         self._ips_by_mac: dict[str, IPv4Address] = {}
         self._stamp = -1
+        self._full_at = float("-inf")
         self._pending: dict[str, asyncio.Event] = {}  # MACs being registered or relocated
         self._buckets: dict[str, TokenBucket] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -411,12 +413,28 @@ class Policy:
         await asyncio.shield(self._refreshing)
 
     async def _reload(self, force: bool) -> None:
+        """Re-read only the nodes whose events are newer than the last stamp (a rack's
+        worth of changes per second must not re-read 10,000 nodes each time); the
+        whole directory at start, after a big batch, and every FULL_RELOAD seconds."""
         assert self._repo is not None
-        stamp = await self._repo.inventory_stamp()
-        if stamp == self._stamp and not force:
+        now = time.monotonic()
+        if self._stamp < 0 or now - self._full_at > FULL_RELOAD:
+            stamp = await self._repo.inventory_stamp()
+            entries = await self._repo.directory()
+            self._nodes = {e.mac: e for e in entries}
+            self._stamp, self._full_at = stamp, now
             return
-        entries = await self._repo.directory()
-        self._nodes = {e.mac: e for e in entries}
+        stamp, names = await self._repo.changed_since(self._stamp)
+        if names is None:
+            self._full_at = float("-inf")  # too many to patch: read everything
+            await self._reload(force)
+            return
+        if names:
+            fresh = await self._repo.directory(names=names)
+            gone = names | {e.name for e in fresh}
+            nodes = {mac: e for mac, e in self._nodes.items() if e.name not in gone}
+            nodes.update((e.mac, e) for e in fresh)
+            self._nodes = nodes
         self._stamp = stamp
 
     def load(self, entries: list[DirectoryEntry]) -> None:

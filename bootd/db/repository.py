@@ -14,7 +14,7 @@ both end as `Conflict`.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from ipaddress import IPv4Address
 
@@ -32,6 +32,10 @@ from bootd.model.records import DirectoryEntry, EventRecord, NewNode, NodeRecord
 from bootd.model.states import NodeState
 
 __all__ = ["Clock", "Repository", "_reason", "token_hash", "utcnow"]
+
+
+# Event ids re-read behind the last stamp (see `changed_since`).
+REREAD = 64
 
 
 class Repository(BmcRows, LeaseRows):
@@ -87,19 +91,40 @@ class Repository(BmcRows, LeaseRows):
             rows = await s.scalars(select(t.Node).order_by(t.Node.name))
             return [_node_record(n) for n in rows]
 
-    async def directory(self, name: str | None = None) -> list[DirectoryEntry]:
+    async def directory(self, name: str | None = None, *,
+                        names: Collection[str] | None = None) -> list[DirectoryEntry]:
         """Every interface with its node's addressing facts, for the in-memory directory
-        (or only node `name`'s, to add one node without reading them all)."""
+        (or only node `name`'s, or `names`', to update a few without reading them all)."""
         query = (select(t.Interface.mac, t.Node.name, t.Node.admin_ip, t.Node.location, t.Node.state,
                         t.Node.profile, t.Node.token_sealed)
                  .join(t.Node, t.Interface.node_id == t.Node.id))
         if name is not None:
             query = query.where(t.Node.name == name.lower())
+        if names is not None:
+            query = query.where(t.Node.name.in_(sorted(names)))
         async with self._tx(write=False) as s:
             rows = await s.execute(query)
             return [DirectoryEntry(mac, name, None if ip is None else IPv4Address(ip), loc,
                                    NodeState(state), profile, sealed)
                     for mac, name, ip, loc, state, profile, sealed in rows]
+
+    async def changed_since(self, stamp: int, *, limit: int = 500) -> tuple[int, set[str] | None]:
+        """(the stamp now, the names of nodes with events after `stamp`), or None for the
+        names when more than `limit` changed (reading everything is then cheaper).
+        Every change appends an event in its own transaction, so the event log says
+        which nodes to re-read. On PostgreSQL ids come from a sequence and a transaction
+        that took a lower id can commit after a higher one is visible: the window
+        reaches back REREAD ids so such a late commit is still seen."""
+        async with self._tx(write=False) as s:
+            now = int(await s.scalar(select(func.coalesce(func.max(t.Event.id), 0))) or 0)
+            if now == stamp:
+                return now, set()
+            # SQLite has one writer at a time: its ids commit in order.
+            back = REREAD if self._dialect == "postgresql" else 0
+            rows = await s.scalars(select(t.Event.node_name).distinct()
+                                   .where(t.Event.id > max(0, stamp - back)).limit(limit + 1))
+            names = set(rows)
+            return now, None if len(names) > limit else names
 
     async def inventory_stamp(self) -> int:
         """Changes whenever any node changes: every change appends an event in its transaction."""
