@@ -19,7 +19,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import netifaces
@@ -35,6 +35,7 @@ from bootd.dhcp.server import DhcpService
 from bootd.dns.server import DnsService
 from bootd.errors import BootdError, ConfigError
 from bootd.feed import ChangeFeed
+from bootd.fleet.claims import subnet_claims
 from bootd.http.server import HttpService, build_app
 from bootd.images.bootloaders import missing_loaders
 from bootd.keys import SecretBox, api_token
@@ -42,6 +43,7 @@ from bootd.lifecycle import Lifecycle, LifecycleService
 from bootd.logs import kv
 from bootd.metrics import Metrics
 from bootd.policy import Policy
+from bootd.ra import RaService
 from bootd.sdnotify import Notifier
 from bootd.service import Service
 from bootd.tasks import Tasks
@@ -101,6 +103,8 @@ def build_services(config: Config, repo: Repository) -> list[Service]:
         dhcp = DhcpService(config, repo, policy)
         metrics.watch_dhcp(dhcp)
         services.append(dhcp)
+    if config.ra.enabled and config.interfaces:  # router lifetime 0: iPXE stops waiting for IPv6
+        services.append(RaService(config))
     if config.services.tftp:
         tftp = TftpService(config, policy, config.tftp_root, metrics=metrics)
         metrics.watch_tftp(tftp)
@@ -156,7 +160,8 @@ class Daemon:
         try:
             repo = Repository(engine, SecretBox.from_file(self.config.secret_key_file))
             await repo.seal_tokens()
-            return await self._run_with(repo)
+            # Subnet claims first: no socket is bound while another daemon serves a subnet of ours.
+            return await self._run_with(repo, subnet_claims(self.config, engine))
         except BootdError as exc:
             log.error("cannot start: %s", exc)
             return EXIT_FAILURE
@@ -164,8 +169,8 @@ class Daemon:
             await engine.dispose()
             log.info("stopped")
 
-    async def _run_with(self, repo: Repository) -> int:
-        self.services = self._build_services(self.config, repo)
+    async def _run_with(self, repo: Repository, claims: Sequence[Service] = ()) -> int:
+        self.services = [*claims, *self._build_services(self.config, repo)]
         started: list[Service] = []
         try:
             for service in self.services:
