@@ -376,3 +376,47 @@ def test_udp_replies_are_cached_until_the_zone_changes_but_lease_answers_never()
     assert addresses(udp("new1.rack1.example", 4)) == ["198.18.0.120"]
     leases.by_mac[MAC2] = IPv4Address("198.18.0.121")
     assert addresses(udp("new1.rack1.example", 5)) == ["198.18.0.121"]
+
+
+class FakeInventory:
+    """Another writer's inventory: the DNS service learns of changes from the event log."""
+
+    def __init__(self, *nodes: NodeRecord) -> None:
+        self.nodes = {n.name: n for n in nodes}
+        self.stamp, self.changed, self.full_reads = 1, set[str](), 0
+
+    async def list_nodes(self) -> list[NodeRecord]:
+        self.full_reads += 1
+        return list(self.nodes.values())
+
+    async def inventory_stamp(self) -> int:
+        return self.stamp
+
+    async def changed_since(self, stamp: int) -> tuple[int, set[str] | None]:
+        names, self.changed = self.changed, set()
+        return self.stamp, names
+
+    async def nodes_named(self, names: object) -> list[NodeRecord]:
+        return [self.nodes[n] for n in self.nodes if n in names]  # type: ignore[operator]
+
+    def write(self, name: str, record: NodeRecord | None) -> None:
+        if record is None:
+            del self.nodes[name]
+        else:
+            self.nodes[name] = record
+        self.changed.add(name)
+        self.stamp += 1
+
+
+async def test_another_writers_changes_reach_the_zone_without_reading_every_node() -> None:
+    inventory = FakeInventory(node("a", MAC1, "198.18.0.11"), node("b", MAC2, "198.18.0.12"))
+    service = DnsService(config(), inventory, FakeLeases())
+    await service.refresh()
+    assert inventory.full_reads == 1
+    inventory.write("c", node("c", MAC3, "198.18.0.13"))
+    inventory.write("a", None)
+    await service.refresh()
+    assert addresses(ask(service.zone, "c.rack1.example")) == ["198.18.0.13"]
+    assert ask(service.zone, "a.rack1.example").header.rcode == RCODE.NXDOMAIN
+    assert addresses(ask(service.zone, "13.0.18.198.in-addr.arpa", "PTR")) == ["c.rack1.example."]
+    assert inventory.full_reads == 1  # patched, not re-read

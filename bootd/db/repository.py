@@ -91,6 +91,12 @@ class Repository(BmcRows, LeaseRows):
             rows = await s.scalars(select(t.Node).order_by(t.Node.name))
             return [_node_record(n) for n in rows]
 
+    async def nodes_named(self, names: Collection[str]) -> list[NodeRecord]:
+        """The nodes with these names that exist (a deleted one is simply absent)."""
+        async with self._tx(write=False) as s:
+            rows = await s.scalars(select(t.Node).where(t.Node.name.in_(sorted(names))))
+            return [_node_record(n) for n in rows]
+
     async def directory(self, name: str | None = None, *,
                         names: Collection[str] | None = None) -> list[DirectoryEntry]:
         """Every interface with its node's addressing facts, for the in-memory directory

@@ -32,7 +32,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from ipaddress import IPv4Address
 from typing import Protocol, cast
 
@@ -52,6 +52,7 @@ from bootd.service import BindError
 
 log = logging.getLogger("bootd.dns")
 REFRESH_SECONDS = 2.0
+FULL_RELOAD = 300.0
 IDLE_SECONDS = 10.0
 MAX_CONNECTIONS = 256
 MAX_FORWARDING = 4096
@@ -67,6 +68,10 @@ class Inventory(Protocol):
     async def list_nodes(self) -> list[NodeRecord]: ...
 
     async def inventory_stamp(self) -> int: ...
+
+    async def changed_since(self, stamp: int) -> tuple[int, set[str] | None]: ...
+
+    async def nodes_named(self, names: Collection[str]) -> list[NodeRecord]: ...
 
 
 class _CountedLeases:
@@ -116,6 +121,7 @@ class DnsService:
         upstreams = [(str(a), p) for a, p in config.dns.upstreams]
         self.forwarder = Forwarder(upstreams) if upstreams else None
         self._stamp = -1
+        self._full_at = 0.0
         self._udp: list[asyncio.DatagramTransport] = []
         self._tcp: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[None]] = set()
@@ -136,10 +142,23 @@ class DnsService:
     async def refresh(self) -> None:
         if self._inventory is None:
             return
-        stamp = await self._inventory.inventory_stamp()
-        if stamp != self._stamp:
+        # Only the nodes with new events (bootd.db.repository.changed_since); all of
+        # them at start or after a big batch.
+        # them at start, after a big batch and every FULL_RELOAD seconds (a rename by
+        # another process leaves the old name behind until then).
+        full = self._stamp < 0 or time.monotonic() - self._full_at > FULL_RELOAD
+        stamp, names = (await self._inventory.inventory_stamp(), None) if full else \
+            await self._inventory.changed_since(self._stamp)
+        if names is None:
             self.zone.load(Host.of(n) for n in await self._inventory.list_nodes())
-            self._stamp = stamp
+            self._full_at = time.monotonic()
+        elif names:
+            fresh = {n.name: n for n in await self._inventory.nodes_named(names)}
+            for name in names - fresh.keys():
+                self.zone.remove(name)
+            for node in fresh.values():
+                self.zone.put(Host.of(node))
+        self._stamp = stamp
 
     # -- the service -------------------------------------------------------------
 
