@@ -17,10 +17,10 @@ clients for the whole hold time (measured: ~30 s without a lease).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 from bootd.config import AddressRange
 from bootd.model.records import LeaseRecord, LeaseState
@@ -59,12 +59,20 @@ class LeaseTable:
         self.by_client: dict[bytes, int] = {}
         self._cursors: dict[tuple[int, int], int] = {}
 
-    def load(self, records: Iterable[LeaseRecord]) -> None:
-        for r in records:
+    def load(self, records: Iterable[LeaseRecord],
+             within: Collection[IPv4Network] | None = None) -> list[LeaseRecord]:
+        """Take the durable leases, only those of the subnets in `within` when given, and
+        return what was taken. Several daemons share one lease table in the database,
+        each serving its own subnets: another daemon's lease loaded here would let this
+        one answer a RELEASE or DECLINE for it and overwrite that daemon's row, and
+        trust its holder for tokens on a subnet this daemon does not serve."""
+        taken = [r for r in records if within is None or any(r.ip in net for net in within)]
+        for r in taken:
             cid = bytes.fromhex(r.client_id) if r.client_id else None
             hw = bytes.fromhex(r.mac.replace(":", ""))
             self.put(Lease(int(r.ip), r.mac, client_key(cid, 1, hw), cid, r.state,
                            r.expires_at.timestamp(), r.hostname))
+        return taken
 
     def of_client(self, key: bytes) -> Lease | None:
         ip = self.by_client.get(key)

@@ -171,8 +171,8 @@ class DhcpService:
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
-        records = await self._repo.list_leases()
-        self.table.load(records)
+        # Only our subnets' leases: other daemons on the same database own theirs.
+        records = self.table.load(await self._repo.list_leases(), [s.cidr for s in self.config.subnets])
         for record in records:
             if record.state is LeaseState.BOUND:
                 self._policy.leased(record.mac, record.ip)

@@ -1,0 +1,1 @@
+"""Fleet coordination: admission (wave limits), rollouts, and several daemons on one database."""
