@@ -17,11 +17,12 @@ from ipaddress import IPv6Address
 from pathlib import Path
 
 import pytest
+from boot_timeline import ipv6_on
 from bootd_proc import WAIT, Bootd
 from conftest import loopback_config
 from hypothesis import given
 from hypothesis import strategies as st
-from netlab import Host, Lab
+from netlab import Lab
 from scapy.layers.inet6 import ICMPv6ND_RA, ICMPv6ND_RS, ICMPv6NDOptSrcLLAddr
 
 from bootd.config import parse_config
@@ -172,13 +173,6 @@ data, anc, _, src = s.recvmsg(1500, socket.CMSG_SPACE(4))
 hops = [struct.unpack("@i", d[:4])[0] for lv, t, d in anc if t == socket.IPV6_HOPLIMIT]
 print(hops[0], src[0], data.hex(), flush=True)
 """
-
-
-def ipv6_on(host: Host, ifname: str = "eth0") -> None:
-    """The lab turns IPv6 off; on for one NIC, without duplicate address detection (a
-    fresh lab has no duplicates), so its link-local address is usable at once."""
-    host.run("sysctl", "-qw", f"net.ipv6.conf.{ifname}.accept_dad=0",
-             f"net.ipv6.conf.{ifname}.disable_ipv6=0")
 
 
 class Rig:

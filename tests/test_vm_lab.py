@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from boot_timeline import Timeline, ipv6_on
 from bootd_proc import Bootd
 from conftest import REPO
 from netlab import Host, Lab, add_tap, qemu_argv
@@ -63,8 +64,18 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 
 
+@pytest.fixture
+def timeline(lab: Lab, tmp_path: Path) -> Iterator[Timeline]:
+    """Seconds from power-on to each boot step, printed by the tests (boot_timeline)."""
+    the_timeline = Timeline(lab, tmp_path)
+    yield the_timeline
+    the_timeline.close()
+
+
 class Vm:
-    def __init__(self, lab: Lab, tmp: Path, index: int, uefi: bool = False, http_boot: bool = False) -> None:
+    def __init__(self, lab: Lab, tmp: Path, index: int, uefi: bool = False, http_boot: bool = False,
+                 timeline: Timeline | None = None) -> None:
+        self.timeline = timeline
         self.mac = f"52:54:00:be:e0:{index:02x}"
         self.tap = f"tap{index}"
         self.serial = tmp / f"vm{index}.serial"
@@ -86,6 +97,8 @@ class Vm:
                 firmware += ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no",
                              "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no"]
         log = self.qemu_log.open("wb")
+        if timeline is not None:
+            timeline.powered_on(self.mac, self.serial)
         self.proc = subprocess.Popen(
             qemu_argv(lab.switch, mac=self.mac, tap=self.tap, disk=str(self.disk), serial=str(self.serial),
                       memory_mb=MEMORY_MB, firmware=firmware, nic_options=nic_rom,
@@ -94,6 +107,9 @@ class Vm:
         log.close()  # QEMU holds its own copy
         self.powered_on = time.monotonic()
         lab.processes.append(self.proc)
+
+    def report(self, title: str = "") -> str:
+        return self.timeline.report(self.mac, title) if self.timeline is not None else ""
 
     def console(self) -> str:
         return self.serial.read_text(errors="replace") if self.serial.exists() else ""
@@ -114,7 +130,7 @@ def wait_for(what: str, check: Any, vms: list[Vm], timeout: float = BOOT_WAIT) -
             if vm.proc.poll() is not None:
                 raise AssertionError(f"QEMU exited: {vm.qemu_log.read_text(errors='replace')}")
         time.sleep(2)
-    consoles = "\n".join(f"--- {vm.mac}\n{vm.console()[-3000:]}" for vm in vms)
+    consoles = "\n".join(f"--- {vm.mac}\n{vm.console()[-3000:]}\n{vm.report()}" for vm in vms)
     raise AssertionError(f"timed out waiting for {what}\n{consoles}")
 
 
@@ -124,6 +140,7 @@ def rack(lab: Lab, tmp_path: Path, images: Path) -> Iterator[Callable[..., Bootd
 
     def start(extra: str = "") -> Bootd:
         srv = lab.add_host("srv", f"{SERVER}/24")
+        ipv6_on(srv)  # bootd's router advertisements (lifetime 0) reach the VMs
         state = tmp_path / "state"
         state.mkdir()
         link_images(images, state / "tftp")
@@ -173,6 +190,7 @@ def discovered_with_inventory(bootd: Bootd, vm: Vm, path: str) -> dict[str, Any]
                                                      else None)(nodes(bootd).get(vm.mac)), [vm])
     # Printed, never asserted: TCG on a shared machine; polled every 2 s.
     print(f"\nVM timing: {path}: power-on -> discovered {time.monotonic() - vm.powered_on:.0f} s")
+    print(vm.report(path))
     inv: dict[str, Any] = json.loads(bootd.cli("nodes", "show", node["name"], "--json"))["inventory"]
     assert vm.mac in [nic["mac"] for nic in inv["nics"]]
     assert (MEMORY_MB - 96) * 1024 < inv["memory_kb"] <= MEMORY_MB * 1024
@@ -181,32 +199,33 @@ def discovered_with_inventory(bootd: Bootd, vm: Vm, path: str) -> dict[str, Any]
 
 
 def test_uefi_vm_reaches_discovered_through_ipxe_efi(lab: Lab, rack: Callable[..., Bootd],
-                                                      tmp_path: Path) -> None:
+                                                      tmp_path: Path, timeline: Timeline) -> None:
     bootd = rack()
-    vm = Vm(lab, tmp_path, 5, uefi=True)  # no iPXE ROM on the NIC: OVMF's own PXE
+    vm = Vm(lab, tmp_path, 5, uefi=True, timeline=timeline)  # no iPXE ROM on the NIC: OVMF's own PXE
     inv = discovered_with_inventory(bootd, vm, "OVMF PXE -> installed ipxe.efi (TFTP)")
     assert inv["system"]["product"]  # DMI from OVMF's SMBIOS tables
     assert tftp_complete(bootd) >= 1  # ipxe.efi, fetched by OVMF's own PXE
 
 
 def test_legacy_pxelinux_vm_reaches_discovered_over_tftp(lab: Lab, rack: Callable[..., Bootd],
-                                                         tmp_path: Path) -> None:
+                                                         tmp_path: Path, timeline: Timeline) -> None:
     bootd = rack("""\
         [boot]
         bios = "pxelinux.0"
         ipxe_script = false
         """)
-    vm = Vm(lab, tmp_path, 6)
+    vm = Vm(lab, tmp_path, 6, timeline=timeline)
     discovered_with_inventory(bootd, vm, "BIOS PXE -> installed pxelinux.0 (TFTP)")
     # pxelinux.0, ldlinux.c32, the generated pxelinux.cfg/01-<mac>, kernel and initrd: all TFTP.
     assert tftp_complete(bootd) >= 5
 
 
-def test_uefi_http_boot_from_bootd_init(lab: Lab, images: Path, tmp_path: Path) -> None:
+def test_uefi_http_boot_from_bootd_init(lab: Lab, images: Path, tmp_path: Path, timeline: Timeline) -> None:
     """A fresh box: `bootd init` on the lab's interface and `bootd serve` as it wrote them; an
     OVMF VM with no PXE and no iPXE ROM boots by UEFI HTTP boot the ipxe.efi init installed,
     from the TFTP root's copy (HTTP /tftp/), and reaches discovered with no TFTP at all."""
     srv: Host = lab.add_host("srv", f"{SERVER}/24")
+    ipv6_on(srv)
     config, state = tmp_path / "bootd.toml", tmp_path / "state"
     # The packages that are not installed come from the cache, filled here: the lab has no route out.
     for package in dict.fromkeys(x.package for x in LOADERS):
@@ -217,7 +236,7 @@ def test_uefi_http_boot_from_bootd_init(lab: Lab, images: Path, tmp_path: Path) 
     link_images(images, state / "tftp")
     bootd = Bootd(config, srv.cmd()).start()
     try:
-        vm = Vm(lab, tmp_path, 7, uefi=True, http_boot=True)
+        vm = Vm(lab, tmp_path, 7, uefi=True, http_boot=True, timeline=timeline)
         inv = discovered_with_inventory(bootd, vm, "OVMF UEFI HTTP boot -> installed ipxe.efi (HTTP /tftp/)")
         assert inv["system"]["product"]
         assert tftp_complete(bootd) == 0  # the loader came by HTTP; iPXE fetched the rest by HTTP
@@ -232,16 +251,19 @@ def tftp_complete(bootd: Bootd) -> int:
     return int(re.search(r"complete=(\d+)", line).group(1))  # type: ignore[union-attr]
 
 
-def test_two_vms_boot_through_every_state(lab: Lab, rack: Callable[..., Bootd], tmp_path: Path) -> None:
+def test_two_vms_boot_through_every_state(lab: Lab, rack: Callable[..., Bootd], tmp_path: Path,
+                                          timeline: Timeline) -> None:
     bootd, tmp = rack(), tmp_path
     started = time.monotonic()
-    vms = [Vm(lab, tmp, i) for i in (1, 2)]
+    vms = [Vm(lab, tmp, i, timeline=timeline) for i in (1, 2)]
     by_mac = {vm.mac: vm for vm in vms}
 
     # DHCP -> iPXE script over HTTP -> discovery image -> `discovered` with its real inventory.
     found = wait_for("both VMs discovered", lambda: (lambda n: n if all(
         n.get(m, {}).get("state") == "discovered" for m in by_mac) else None)(nodes(bootd)), vms)
     to_discovered = time.monotonic() - started
+    for vm in vms:
+        print("\n" + vm.report(f"{vm.mac} (two VMs at once)"))
     for mac, node in found.items():
         if mac not in by_mac:
             continue
@@ -312,7 +334,7 @@ fi
 
 
 def test_bootd_power_on_boots_a_vm_behind_ipmi_sim(lab: Lab, rack: Callable[..., Bootd],
-                                                   tmp_path: Path) -> None:
+                                                   tmp_path: Path, timeline: Timeline) -> None:
     from ipmi_sim import IpmiSim
 
     bootd = rack()
@@ -331,6 +353,8 @@ def test_bootd_power_on_boots_a_vm_behind_ipmi_sim(lab: Lab, rack: Callable[...,
         bootd.cli("nodes", "add", "vmb", "--mac", mac, "--bmc-address", sim.address, "--bmc-user", sim.user,
                   "--bmc-password-file", str(pw))
         assert "vmb: ok, power off" in bootd.cli("power", "status", "vmb")
+        powered_on = time.monotonic()
+        timeline.powered_on(mac, serial)  # the CLI's power-on: ipmi_sim starts QEMU
         assert "vmb: ok, power on" in bootd.cli("power", "on", "vmb")
         assert sim.power() == "on"  # ipmitool agrees
         vm_pid = int((sim.dir / "vm.pid").read_text())
@@ -339,8 +363,12 @@ def test_bootd_power_on_boots_a_vm_behind_ipmi_sim(lab: Lab, rack: Callable[...,
             return json.loads(bootd.cli("nodes", "show", "vmb", "--json"))["state"] == "discovered"
         deadline = time.monotonic() + BOOT_WAIT
         while not discovered():
-            assert time.monotonic() < deadline, serial.read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, (serial.read_text(errors="replace")[-3000:]
+                                                 + timeline.report(mac))
             time.sleep(2)
+        print(f"\nVM timing: BIOS iPXE behind ipmi_sim: power-on -> discovered "
+              f"{time.monotonic() - powered_on:.0f} s")
+        print(timeline.report(mac, "BIOS iPXE ROM behind ipmi_sim"))
         assert "vmb: ok, power off" in bootd.cli("power", "off", "vmb")
         assert sim.power() == "off"
         deadline = time.monotonic() + 30
