@@ -36,6 +36,7 @@ from bootd.dns.server import DnsService
 from bootd.errors import BootdError, ConfigError
 from bootd.feed import ChangeFeed
 from bootd.fleet.claims import subnet_claims
+from bootd.fleet.notices import change_notices
 from bootd.http.server import HttpService, build_app
 from bootd.images.bootloaders import missing_loaders
 from bootd.keys import SecretBox, api_token
@@ -93,7 +94,7 @@ def build_services(config: Config, repo: Repository) -> list[Service]:
     # Every node change goes through backend.lifecycle; this service is its timer.
     timer = LifecycleService(config, repo, power=backend.power, feed=backend.feed,
                              lifecycle=backend.lifecycle)
-    services: list[Service] = [policy, timer]
+    services: list[Service] = [policy, timer, *change_notices(config, repo, backend.feed)]
     if config.services.http:
         app = http_app(repo, api_token(config.http.api_token_file), config, backend.power,
                        policy=policy, lifecycle=backend.lifecycle, tasks=Tasks(config, repo),

@@ -161,7 +161,7 @@ async def test_heartbeat_that_finds_its_claim_taken_stops_the_daemon(tmp_path: P
     # admin-1 stalls past the stale limit; admin-2 takes the subnet over.
     clock.now += STALE_AFTER + timedelta(seconds=1)
     assert (await store.sync("admin-2", A2, [NET1])).ok
-    with pytest.raises(ClaimLost, match="lost the claim on subnet 198.19.1.0/24 to daemon admin-2"):
+    with pytest.raises(ClaimLost, match=r"lost the claim on subnet 198\.19\.1\.0/24 to daemon admin-2"):
         await service.beat()
 
 
@@ -186,8 +186,8 @@ def _daemon(path: Path) -> Daemon:
     return Daemon(path, notifier=Notifier({}), interfaces=lambda: ["eth0"], services=factory)
 
 
-async def test_second_daemon_on_the_same_sqlite_file_refuses_to_start(tmp_path: Path,
-                                                                     caplog: pytest.LogCaptureFixture) -> None:
+async def test_second_daemon_on_the_same_sqlite_file_refuses_to_start(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     db = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
     first = _daemon(_config(tmp_path, "admin-1", db))
     running = asyncio.create_task(first.run())
@@ -200,8 +200,8 @@ async def test_second_daemon_on_the_same_sqlite_file_refuses_to_start(tmp_path: 
             await asyncio.sleep(0.05)
         second = _daemon(_config(tmp_path, "admin-2", db, "198.18.1.1", ("198.19.1.0/24", "198.19.2.0/24")))
         assert await second.run() == EXIT_FAILURE
-        assert ("cannot start: subnet 198.19.1.0/24 is served by daemon admin-1 (198.18.0.1), heartbeat 0 s ago;"
-                in caplog.text)
+        assert ("cannot start: subnet 198.19.1.0/24 is served by daemon admin-1 (198.18.0.1), "
+                "heartbeat 0 s ago;" in caplog.text)
         assert [(c.cidr, c.daemon) for c in await store.claims()] == [(NET1, "admin-1")]
         # A clean stop releases the claim: admin-2 starts at once.
         first.stop()

@@ -1,0 +1,119 @@
+"""Two daemons' change feeds joined by LISTEN/NOTIFY on one PostgreSQL (bootd/fleet/notices.py).
+
+In one process, two "daemons" (each its own engine, repository, feed and
+lifecycle): a node added, moved, renamed and deleted through one arrives on
+the other's feed as a remote change carrying the record read back from the
+database, and is never echoed back; the other daemon's subscribers (DNS zone,
+status page, policy directory) take it like a local change. Bounded waits only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import _pg_admin, loopback_config
+
+from bootd.config import Config, parse_config
+from bootd.db.engine import open_database
+from bootd.db.notify import Notice
+from bootd.db.repository import Repository
+from bootd.feed import ChangeFeed, NodeChanged
+from bootd.fleet.notices import ChangeNotices, change_notices
+from bootd.keys import SecretBox
+from bootd.lifecycle import Lifecycle
+from bootd.model.records import NewNode
+from bootd.model.states import NodeState
+
+pytestmark = pytest.mark.postgres
+
+
+@dataclass
+class Side:
+    feed: ChangeFeed
+    lifecycle: Lifecycle
+    notices: ChangeNotices
+    seen: list[NodeChanged]
+
+
+@pytest.fixture
+async def two(postgres_server: str, tmp_path: Path) -> AsyncIterator[tuple[Side, Side]]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    await _pg_admin(postgres_server, f"CREATE DATABASE {name}")
+    url = f"{postgres_server}/{name}"
+    config = parse_config(loopback_config(tmp_path / "state", 8080, "")
+                          .replace("[services]", f'database_url = "{url}"\n[services]'))
+    secrets = SecretBox.from_file(tmp_path / "secret.key")  # shared, as two admin nodes must share it
+    engines, sides, tasks = [], [], []
+    try:
+        for _ in range(2):
+            engine = await open_database(url)
+            engines.append(engine)
+            repo = Repository(engine, secrets)
+            feed = ChangeFeed()
+            seen: list[NodeChanged] = []
+            feed.subscribe(seen.append)
+            notices = ChangeNotices(config, repo, feed)
+            await notices.start()
+            tasks.append(asyncio.create_task(notices.run()))
+            sides.append(Side(feed, Lifecycle(config, repo, feed=feed), notices, seen))
+        yield sides[0], sides[1]
+    finally:
+        for task in tasks:
+            task.cancel()
+        for side in sides:
+            await side.notices.stop()
+        for engine in engines:
+            await engine.dispose()
+        await _pg_admin(postgres_server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+async def until(check: Callable[[], object], what: str) -> None:
+    for _ in range(400):  # bounded: 20 s
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def remote(side: Side) -> list[NodeChanged]:
+    return [c for c in side.seen if c.remote]
+
+
+async def test_changes_of_one_daemon_reach_the_others_feed(two: tuple[Side, Side]) -> None:
+    a, b = two
+    await a.lifecycle.add(NewNode("r1-n1", ("52:54:00:00:01:01",), rack="r1", state=NodeState.DISCOVERED),
+                          actor="test")
+    await until(lambda: remote(b), "the add on b's feed")
+    change = remote(b)[0]
+    assert (change.node.name, change.node.rack, change.kind, change.deleted) == ("r1-n1", "r1", "created",
+                                                                                   False)
+    await b.lifecycle.update("r1-n1", actor="test", rack="r9")
+    await until(lambda: [c for c in remote(a) if c.node.rack == "r9"], "b's update on a's feed")
+    await a.lifecycle.allocate("r1-n1", actor="test", profile="ubuntu-24.04", rename="web-1")
+    await until(lambda: [c for c in remote(b) if c.old_name == "r1-n1"], "the rename on b's feed")
+    renamed = next(c for c in remote(b) if c.old_name == "r1-n1")
+    assert renamed.node.name == "web-1" and not renamed.deleted
+    await a.lifecycle.delete("web-1", actor="test")
+    await until(lambda: [c for c in remote(b) if c.deleted], "the delete on b's feed")
+    assert [c.node.name for c in remote(b) if c.deleted] == ["web-1"]
+    await asyncio.sleep(0.3)  # any echo would have come back by now
+    # No echo: each side's remote events are exactly the other side's local ones.
+    assert [c.node.name for c in remote(a)] == ["r1-n1"]
+    assert all(c.node.name in ("r1-n1", "web-1") for c in remote(b))
+    assert a.notices.sent == 3 and b.notices.sent == 1
+
+
+def test_notice_payload_round_trip_and_foreign_payloads() -> None:
+    for notice in (Notice("n1", "transition"), Notice("web-1", "renamed", "r1-n1")):
+        assert Notice.parse(notice.payload()) == notice
+    assert Notice.parse("") is None and Notice.parse("a b c d") is None
+
+
+def test_no_notices_service_on_sqlite(tmp_path: Path) -> None:
+    config: Config = parse_config(loopback_config(tmp_path / "state", 8080))
+    assert change_notices(config, Repository.__new__(Repository), ChangeFeed()) == []
