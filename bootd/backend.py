@@ -17,7 +17,9 @@ from bootd.bmc.service import PowerService
 from bootd.config import Config
 from bootd.db.engine import open_database
 from bootd.db.repository import Repository
+from bootd.db.rollouts import RolloutRows
 from bootd.feed import ChangeFeed
+from bootd.fleet.rollout import Rollouts
 from bootd.inventory import Inventory
 from bootd.keys import SecretBox
 from bootd.lifecycle.service import Lifecycle
@@ -31,6 +33,7 @@ class Backend:
     power: PowerService
     lifecycle: Lifecycle
     feed: ChangeFeed
+    rollouts: Rollouts
 
 
 def build_backend(config: Config, repo: Repository, *, feed: ChangeFeed | None = None,
@@ -39,7 +42,7 @@ def build_backend(config: Config, repo: Repository, *, feed: ChangeFeed | None =
     feed = feed if feed is not None else ChangeFeed()
     power = power if power is not None else PowerService(config, repo, metrics=metrics)
     lifecycle = Lifecycle(config, repo, power=power, feed=feed, metrics=metrics)
-    return Backend(config, repo, power, lifecycle, feed)
+    return Backend(config, repo, power, lifecycle, feed, Rollouts(config, RolloutRows(repo), lifecycle))
 
 
 @asynccontextmanager
