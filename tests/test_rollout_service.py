@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 from conftest import loopback_config
+from sqlalchemy import select
 from test_lifecycle import CONFIG_EXTRA
 
 from bootd.config import Config, parse_config
@@ -23,7 +23,7 @@ from bootd.db.repository import Repository
 from bootd.db.rollouts import RolloutRows
 from bootd.errors import Conflict, InvalidInput
 from bootd.feed import ChangeFeed
-from bootd.fleet.rollout import RolloutService, Rollouts
+from bootd.fleet.rollout import Rollouts, RolloutService
 from bootd.keys import SecretBox
 from bootd.lifecycle import Lifecycle
 from bootd.model.records import NewNode
