@@ -21,7 +21,7 @@ from bootd.bmc.service import PowerService
 from bootd.config import Config
 from bootd.errors import BootdError, Conflict, DatabaseUnavailable, InvalidInput, NotFound
 from bootd.feed import ChangeFeed
-from bootd.http import agent, api, boot, status
+from bootd.http import agent, api, boot, findings, status
 from bootd.http import metrics as http_metrics
 from bootd.http.boot import bearer, same_token
 from bootd.inventory import Inventory
@@ -89,7 +89,8 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def build_app(config: Config, api_token: str, *, inventory: Inventory, policy: Policy,
               lifecycle: Lifecycle, tasks: Tasks, power: PowerService | None = None,
-              feed: ChangeFeed | None = None, metrics: Metrics | None = None) -> web.Application:
+              feed: ChangeFeed | None = None, metrics: Metrics | None = None,
+              rogue: findings.FindingsReader | None = None) -> web.Application:
     app = web.Application(middlewares=[errors, auth], client_max_size=1024**2)
     app[api.REPO] = inventory
     app[api.LIFECYCLE] = lifecycle
@@ -105,6 +106,7 @@ def build_app(config: Config, api_token: str, *, inventory: Inventory, policy: P
     app.add_routes(boot.routes())
     app.add_routes(agent.routes())
     app.add_routes(api.routes())
+    findings.install(app, feed, rogue)  # GET /api/v1/dhcp/findings, the status page's banner
     if metrics is not None:  # GET /metrics (no token, like /healthz) and request counts
         http_metrics.install(app, metrics)
     if feed is not None:  # the status page follows the lifecycle's change feed

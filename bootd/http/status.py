@@ -36,7 +36,7 @@ from bootd import boot as boot_scripts
 from bootd.bmc.controller import PowerOp
 from bootd.errors import BootdError, Conflict, InvalidInput, NotFound
 from bootd.feed import ChangeFeed
-from bootd.http import api
+from bootd.http import api, findings
 from bootd.http.boot import OPERATOR, POLICY, SETTINGS, same_token
 from bootd.http.sessions import COOKIE, Session, Sessions
 from bootd.http.statusfeed import BATCH, Stamped, StatusHub, Stream, utc_now
@@ -111,6 +111,8 @@ def _html(request: web.Request, template: str, status: int = 200, **context: obj
     _, session = _session(request)
     context.setdefault("csrf", session.csrf if session is not None else "")
     context.setdefault("live", "")
+    # Other DHCP servers seen: a banner for those who may read the page (not on the login form).
+    context.setdefault("rogue", findings.banners(request.app) if _may_read(request) else [])
     resp = web.Response(text=request.app[PAGES].render(template, **context), status=status,
                         content_type="text/html")
     resp.headers["Content-Security-Policy"] = CSP
