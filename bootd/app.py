@@ -30,12 +30,15 @@ from bootd.backend import build_backend
 from bootd.bmc.service import PowerService
 from bootd.config import Config, check_host, load_config
 from bootd.db.engine import open_database
+from bootd.db.findings import FindingRows
 from bootd.db.repository import Repository
+from bootd.dhcp.rogue_transport import RogueWatcher
 from bootd.dhcp.server import DhcpService
 from bootd.dns.server import DnsService
 from bootd.errors import BootdError, ConfigError
 from bootd.feed import ChangeFeed
 from bootd.fleet.claims import subnet_claims
+from bootd.fleet.findings import Findings
 from bootd.fleet.notices import change_notices
 from bootd.http.server import HttpService, build_app
 from bootd.images.bootloaders import missing_loaders
@@ -83,7 +86,7 @@ def http_app(repo: Repository, api_token: str, config: Config, power: PowerServi
     return build_app(config, api_token, inventory=repo, lifecycle=lifecycle,
                      policy=policy if policy is not None else Policy(config, repo, feed),
                      tasks=tasks if tasks is not None else Tasks(config, repo), power=power, feed=feed,
-                     metrics=metrics)
+                     metrics=metrics, rogue=Findings(config, FindingRows(repo), feed))
 
 
 def build_services(config: Config, repo: Repository) -> list[Service]:
@@ -95,6 +98,8 @@ def build_services(config: Config, repo: Repository) -> list[Service]:
     timer = LifecycleService(config, repo, power=backend.power, feed=backend.feed,
                              lifecycle=backend.lifecycle)
     services: list[Service] = [policy, timer, *change_notices(config, repo, backend.feed)]
+    rogue = Findings(config, FindingRows(repo), backend.feed)  # other DHCP servers: log, metrics, banner
+    metrics.watch_rogue(rogue)
     if config.services.http:
         app = http_app(repo, api_token(config.http.api_token_file), config, backend.power,
                        policy=policy, lifecycle=backend.lifecycle, tasks=Tasks(config, repo),
@@ -104,6 +109,8 @@ def build_services(config: Config, repo: Repository) -> list[Service]:
         dhcp = DhcpService(config, repo, policy)
         metrics.watch_dhcp(dhcp)
         services.append(dhcp)
+        if config.rogue.watch or config.rogue.probe_interval:
+            services += [rogue, RogueWatcher(config, rogue)]
     if config.ra.enabled and config.interfaces:  # router lifetime 0: iPXE stops waiting for IPv6
         services.append(RaService(config))
     if config.services.tftp:

@@ -110,6 +110,22 @@ class PolicySource(Protocol):
     def census(self) -> Mapping[NodeState, int]: ...
 
 
+class RogueSource(Protocol):
+    """What the rogue DHCP collector reads (bootd.fleet.findings.Findings satisfies it)."""
+
+    @property
+    def answers(self) -> int: ...
+
+    def servers(self) -> int: ...
+
+
+def rogue_families(rogue: RogueSource) -> Iterable[Metric]:
+    yield GaugeMetricFamily("bootd_rogue_dhcp_servers", "Other DHCP servers seen on the admin interfaces "
+                            "in the last 24 hours", value=rogue.servers())
+    yield CounterMetricFamily("bootd_rogue_dhcp_answers", "OFFERs/ACKs from other DHCP servers seen",
+                              value=rogue.answers)
+
+
 class _Read(Collector):
     """A collector that builds its families from a function at scrape time."""
 
@@ -183,6 +199,19 @@ class Metrics:
 
     def watch_dns(self, dns: DnsSource) -> None:
         self.registry.register(_Read(lambda: dns_families(dns)))
+
+    def watch_rollouts(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Nodes of running and paused rollouts per outcome, as of the driver's last pass."""
+        def families() -> Iterable[Metric]:
+            gauge = GaugeMetricFamily("bootd_rollout_nodes", "Nodes of live rollouts per outcome",
+                                      labels=["outcome"])
+            for outcome, n in sorted(counts().items()):
+                gauge.add_metric([outcome], n)
+            yield gauge
+        self.registry.register(_Read(families))
+
+    def watch_rogue(self, rogue: RogueSource) -> None:
+        self.registry.register(_Read(lambda: rogue_families(rogue)))
 
 
 def _prefixed(counters: Mapping[str, int], prefix: str) -> list[tuple[str, int]]:
