@@ -32,6 +32,7 @@ from bootd.config import Config, check_host, load_config
 from bootd.db.engine import open_database
 from bootd.db.findings import FindingRows
 from bootd.db.repository import Repository
+from bootd.db.rollouts import RolloutRows
 from bootd.dhcp.rogue_transport import RogueWatcher
 from bootd.dhcp.server import DhcpService
 from bootd.dns.server import DnsService
@@ -40,6 +41,8 @@ from bootd.feed import ChangeFeed
 from bootd.fleet.claims import subnet_claims
 from bootd.fleet.findings import Findings
 from bootd.fleet.notices import change_notices
+from bootd.fleet.rollout import Rollouts, RolloutService
+from bootd.http import rollouts as http_rollouts
 from bootd.http.server import HttpService, build_app
 from bootd.images.bootloaders import missing_loaders
 from bootd.keys import SecretBox, api_token
@@ -76,17 +79,21 @@ ServiceFactory = Callable[[Config, Repository], list[Service]]
 def http_app(repo: Repository, api_token: str, config: Config, power: PowerService | None = None, *,
              policy: Policy | None = None, lifecycle: Lifecycle | None = None,
              tasks: Tasks | None = None, feed: ChangeFeed | None = None,
-             metrics: Metrics | None = None) -> web.Application:
+             metrics: Metrics | None = None, rollouts: Rollouts | None = None) -> web.Application:
     """The HTTP application over `repo`, with whatever services are not given made
     here (one feed shared by the lifecycle, the policy and the status page). The daemon
     passes its own."""
     feed = feed if feed is not None else ChangeFeed()
     if lifecycle is None:
         lifecycle = Lifecycle(config, repo, power=power, feed=feed, metrics=metrics)
-    return build_app(config, api_token, inventory=repo, lifecycle=lifecycle,
-                     policy=policy if policy is not None else Policy(config, repo, feed),
-                     tasks=tasks if tasks is not None else Tasks(config, repo), power=power, feed=feed,
-                     metrics=metrics, rogue=Findings(config, FindingRows(repo), feed))
+    app = build_app(config, api_token, inventory=repo, lifecycle=lifecycle,
+                    policy=policy if policy is not None else Policy(config, repo, feed),
+                    tasks=tasks if tasks is not None else Tasks(config, repo), power=power, feed=feed,
+                    metrics=metrics, rogue=Findings(config, FindingRows(repo), feed))
+    # /api/v1/rollouts: a longer static prefix than POST /api/v1/{op}, so aiohttp's router takes it first
+    http_rollouts.install(app, rollouts if rollouts is not None
+                          else Rollouts(config, RolloutRows(repo), lifecycle))
+    return app
 
 
 def build_services(config: Config, repo: Repository) -> list[Service]:
@@ -100,10 +107,12 @@ def build_services(config: Config, repo: Repository) -> list[Service]:
     services: list[Service] = [policy, timer, *change_notices(config, repo, backend.feed)]
     rogue = Findings(config, FindingRows(repo), backend.feed)  # other DHCP servers: log, metrics, banner
     metrics.watch_rogue(rogue)
+    services.append(RolloutService(backend.rollouts, backend.feed))  # the rollouts' driver
+    metrics.watch_rollouts(lambda: {o.value: n for o, n in backend.rollouts.outcome_counts.items()})
     if config.services.http:
         app = http_app(repo, api_token(config.http.api_token_file), config, backend.power,
                        policy=policy, lifecycle=backend.lifecycle, tasks=Tasks(config, repo),
-                       feed=backend.feed, metrics=metrics)
+                       feed=backend.feed, metrics=metrics, rollouts=backend.rollouts)
         services.append(HttpService(app, config))
     if config.services.dhcp:
         dhcp = DhcpService(config, repo, policy)
