@@ -1,0 +1,229 @@
+"""Several admin nodes, one inventory (issue 14), in the namespaced lab.
+
+One PostgreSQL (Debian's binaries, started here inside a lab namespace so the
+daemons can reach it), two bootd daemons in two server namespaces, each the
+DHCP server of its own rack subnet behind an ISC dhcrelay:
+
+    db 198.18.0.5    s1 198.18.0.1 (admin-1)    s2 198.18.0.2 (admin-2)      br0
+    relay1 198.18.0.11 | 198.19.1.1  -> rack 1 (br1), relayed to s1
+    relay2 198.18.0.12 | 198.19.2.1  -> rack 2 (br2), relayed to s2
+
+Checked: a daemon claiming a served subnet refuses to start with the reason;
+busybox udhcpc clients behind each relay get their lease from their own
+daemon; each daemon's API and status page list the nodes of both racks (the
+status page of the other daemon follows through LISTEN/NOTIFY at once: its own
+poll runs every 60 s, longer than any wait here). One lab for the module; every
+wait bounded, nothing timed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bootd_proc import WAIT, Bootd
+from conftest import REPO, _pg_bindir
+from netlab import Host, Lab, cleanup_stale
+from test_dhcp_lab import Udhcpc
+
+pytestmark = [pytest.mark.lab, pytest.mark.postgres]
+
+DB_ADDRESS, DB_PORT = "198.18.0.5", 5432
+DB_URL = f"postgresql+asyncpg://postgres@{DB_ADDRESS}:{DB_PORT}/postgres"
+PXE_VENDOR = "PXEClient:Arch:00000:UNDI:002001"
+
+
+class Postgres:
+    """A private cluster run as `postgres` inside a lab namespace, listening on the lab only."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.dir = Path(tempfile.mkdtemp(prefix="bootd-mdpg-"))  # postgres must traverse it: not tmp_path
+        pg = pwd.getpwnam("postgres")
+        os.chown(self.dir, pg.pw_uid, pg.pw_gid)
+        self.bindir = _pg_bindir()
+        self.as_pg = ["runuser", "-u", "postgres", "--"]
+
+    def start(self) -> None:
+        subprocess.run([*self.as_pg, str(self.bindir / "initdb"), "-D", str(self.dir / "db"), "-A", "trust",
+                        "-U", "postgres", "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
+        with open(self.dir / "db" / "pg_hba.conf", "a") as hba:
+            hba.write("host all all 198.18.0.0/15 trust\n")
+        opts = f"-c listen_addresses={DB_ADDRESS} -p {DB_PORT} -k {self.dir} -c fsync=off"
+        self.host.run(*self.as_pg, str(self.bindir / "pg_ctl"), "-D", str(self.dir / "db"), "-o", opts,
+                      "-w", "-t", "60", "-l", str(self.dir / "log"), "start")
+
+    def sql(self, query: str) -> list[list[str]]:
+        out = self.host.run(*self.as_pg, str(self.bindir / "psql"), "-h", DB_ADDRESS, "-p", str(DB_PORT),
+                            "-U", "postgres", "-At", "-F", "\t", "-c", query).stdout
+        return [line.split("\t") for line in out.splitlines() if line]
+
+    def stop(self) -> None:
+        self.host.run(*self.as_pg, str(self.bindir / "pg_ctl"), "-D", str(self.dir / "db"), "-m", "fast",
+                      "-w", "stop", check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def daemon_config(tmp: Path, n: int, *, subnet: int | None = None, port: int = 8080, extra: str = "") -> Path:
+    """admin-n on 198.18.0.n, serving rack subnet 198.19.<subnet>.0/24 (its own by default)."""
+    subnet = n if subnet is None else subnet
+    state = tmp / f"state-{n}-{port}"
+    state.mkdir(exist_ok=True)
+    # Two admin nodes share one inventory, so they share its secret (sealed tokens) and the API token.
+    shutil.copy(tmp / "secret.key", state / "secret.key")
+    path = tmp / f"admin-{n}-{port}.toml"
+    path.write_text(textwrap.dedent(f"""\
+        [server]
+        admin_address = "198.18.0.{n}"
+        interfaces = ["eth0"]
+        state_dir = "{state}"
+        database_url = "{DB_URL}"
+        daemon_id = "admin-{n}"
+        [services]
+        tftp = false
+        dns = false
+        [http]
+        listen = "198.18.0.{n}:{port}"
+        api_token_file = "{tmp / 'api-token'}"
+        status_public = true
+        [dhcp]
+        conflict_check = false
+        [rogue]
+        watch = false
+        probe_interval = 0
+        [ra]
+        enabled = false
+        {extra}
+        [[subnets]]
+        cidr = "198.19.{subnet}.0/24"
+        router = "198.19.{subnet}.1"
+        lease_time = 600
+        dynamic_pool = "198.19.{subnet}.100-198.19.{subnet}.199"
+        """))
+    for name in ("secret.key",):
+        os.chmod(state / name, 0o600)
+    return path
+
+
+@dataclass
+class MultiLab:
+    lab: Lab
+    tmp: Path
+    db: Postgres
+    servers: dict[int, Host]
+    racks: dict[int, Host]   # a client-side host per rack (the relay's rack segment)
+    daemons: dict[int, Bootd]
+
+    def api(self, n: int, path: str) -> Any:
+        token = (self.tmp / "api-token").read_text().strip()
+        out = self.servers[n].run("curl", "-sf", "-H", f"Authorization: Bearer {token}",
+                                  f"http://198.18.0.{n}:8080{path}").stdout
+        return json.loads(out)
+
+    def page(self, n: int, path: str = "/") -> str:
+        return self.servers[n].run("curl", "-sf", f"http://198.18.0.{n}:8080{path}").stdout
+
+
+def wait_until(check: Callable[[], Any], what: str) -> Any:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiLab]:
+    cleanup_stale()
+    tmp = tmp_path_factory.mktemp("multi")
+    (tmp / "secret.key").write_bytes(__import__("cryptography.fernet").fernet.Fernet.generate_key())
+    (tmp / "api-token").write_text("multi-daemon-lab-operator-token-0123456789\n")
+    os.chmod(tmp / "api-token", 0o600)
+    with Lab() as lab:
+        db_host = lab.add_host("db", f"{DB_ADDRESS}/24")
+        db = Postgres(db_host)
+        servers = {n: lab.add_host(f"s{n}", f"198.18.0.{n}/24") for n in (1, 2)}
+        racks: dict[int, Host] = {}
+        for n in (1, 2):
+            lab.add_switch(f"br{n}")
+            relay = lab.add_host(f"relay{n}", f"198.18.0.{10 + n}/24")
+            lab.link(relay, f"br{n}", f"198.19.{n}.1/24")
+            relay.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+            relay.popen("dhcrelay", "-d", "-4", "-a", "-iu", "eth0", "-id", "eth1", f"198.18.0.{n}",
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for srv in servers.values():
+                srv.run("ip", "route", "add", f"198.19.{n}.0/24", "via", f"198.18.0.{10 + n}")
+            racks[n] = relay
+        daemons: dict[int, Bootd] = {}
+        db.start()
+        try:
+            for n in (1, 2):
+                daemons[n] = Bootd(daemon_config(tmp, n), servers[n].cmd()).start()
+            yield MultiLab(lab, tmp, db, servers, racks, daemons)
+        finally:
+            for d in daemons.values():
+                d.close()
+            for d in daemons.values():
+                assert "Traceback" not in d.stderr, d.stderr
+            db.stop()
+
+
+# -- (a) one server per subnet ---------------------------------------------------------------------------
+
+def test_a_daemon_claiming_a_served_subnet_refuses_to_start(multi: MultiLab) -> None:
+    # admin-3 on s2's host, configured for rack 1's subnet (a copy-paste mistake in its config).
+    path = daemon_config(multi.tmp, 3, subnet=1, port=8081)
+    path.write_text(path.read_text().replace('admin_address = "198.18.0.3"', 'admin_address = "198.18.0.2"')
+                    .replace("198.18.0.3:8081", "198.18.0.2:8081"))
+    res = subprocess.run([*multi.servers[2].cmd(sys.executable, "-m", "bootd", "serve", "--config", str(path))],
+                         cwd=REPO, capture_output=True, text=True, timeout=WAIT)
+    assert res.returncode != 0
+    assert "cannot start: subnet 198.19.1.0/24 is served by daemon admin-1 (198.18.0.1), heartbeat " in res.stderr
+    assert "two DHCP servers on one subnet would hand out the same addresses" in res.stderr
+    assert "Traceback" not in res.stderr
+    # The running daemons keep their claims.
+    assert sorted(multi.db.sql("SELECT cidr, daemon, address FROM subnet_claims")) == [
+        ["198.19.1.0/24", "admin-1", "198.18.0.1"], ["198.19.2.0/24", "admin-2", "198.18.0.2"]]
+
+
+# -- (b) and (c): leases from each rack's own daemon; one inventory seen by both ------------------------
+
+def test_each_rack_leases_from_its_daemon_and_both_daemons_see_both_racks(multi: MultiLab) -> None:
+    clients = {n: multi.lab.add_host(f"c{n}", switch=f"br{n}") for n in (1, 2)}
+    macs = {n: clients[n].run("cat", "/sys/class/net/eth0/address").stdout.strip() for n in (1, 2)}
+    runs = {n: Udhcpc(clients[n], multi.tmp, "-V", PXE_VENDOR) for n in (1, 2)}
+    try:
+        bound = {n: runs[n].wait("bound") for n in (1, 2)}
+    finally:
+        for u in runs.values():
+            u.stop()
+    for n in (1, 2):
+        assert bound[n]["ip"].startswith(f"198.19.{n}.1")  # the rack's pool, 198.19.n.100-199
+        assert bound[n]["serverid"] == f"198.18.0.{n}"     # from its own daemon, through its relay
+        assert bound[n]["router"] == f"198.19.{n}.1"
+    leases = {(row[0], row[1]) for row in multi.db.sql("SELECT ip, mac FROM leases WHERE state = 'bound'")}
+    assert {(bound[n]["ip"], macs[n]) for n in (1, 2)} <= leases
+    # Each PXE client became a node, registered by the daemon that answered it.
+    names = {n: "node-" + macs[n].replace(":", "") for n in (1, 2)}
+    for n in (1, 2):
+        listed = wait_until(lambda n=n: (lambda got: set(names.values()) <= got and got)(
+            {x["name"] for x in multi.api(n, "/api/v1/nodes")["nodes"]}), f"admin-{n}'s API listing both racks")
+        assert set(names.values()) <= listed
+    # The status page of each daemon shows the other's node: its snapshot follows the other
+    # daemon's change through LISTEN/NOTIFY (its own poll is every 60 s).
+    for n, other in ((1, 2), (2, 1)):
+        wait_until(lambda n=n, other=other: names[other] in multi.page(n), f"admin-{n}'s status page")
