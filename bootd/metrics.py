@@ -210,16 +210,6 @@ class Metrics:
             yield gauge
         self.registry.register(_Read(families))
 
-    def watch_rollouts(self, counts: Callable[[], Mapping[str, int]]) -> None:
-        """Nodes of running and paused rollouts per outcome, as of the driver's last pass."""
-        def families() -> Iterable[Metric]:
-            gauge = GaugeMetricFamily("bootd_rollout_nodes", "Nodes of live rollouts per outcome",
-                                      labels=["outcome"])
-            for outcome, n in sorted(counts().items()):
-                gauge.add_metric([outcome], n)
-            yield gauge
-        self.registry.register(_Read(families))
-
     def watch_rogue(self, rogue: RogueSource) -> None:
         self.registry.register(_Read(lambda: rogue_families(rogue)))
 
