@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 from bootd_proc import WAIT, Bootd
 from conftest import REPO, _pg_bindir
+from cryptography.fernet import Fernet
 from netlab import Host, Lab, cleanup_stale
 from test_dhcp_lab import Udhcpc
 
@@ -112,8 +113,7 @@ def daemon_config(tmp: Path, n: int, *, subnet: int | None = None, port: int = 8
         lease_time = 600
         dynamic_pool = "198.19.{subnet}.100-198.19.{subnet}.199"
         """))
-    for name in ("secret.key",):
-        os.chmod(state / name, 0o600)
+    os.chmod(state / "secret.key", 0o600)
     return path
 
 
@@ -131,6 +131,9 @@ class MultiLab:
         out = self.servers[n].run("curl", "-sf", "-H", f"Authorization: Bearer {token}",
                                   f"http://198.18.0.{n}:8080{path}").stdout
         return json.loads(out)
+
+    def node_names(self, n: int) -> set[str]:
+        return {x["name"] for x in self.api(n, "/api/v1/nodes")["nodes"]}
 
     def page(self, n: int, path: str = "/") -> str:
         return self.servers[n].run("curl", "-sf", f"http://198.18.0.{n}:8080{path}").stdout
@@ -150,7 +153,7 @@ def wait_until(check: Callable[[], Any], what: str) -> Any:
 def multi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiLab]:
     cleanup_stale()
     tmp = tmp_path_factory.mktemp("multi")
-    (tmp / "secret.key").write_bytes(__import__("cryptography.fernet").fernet.Fernet.generate_key())
+    (tmp / "secret.key").write_bytes(Fernet.generate_key())
     (tmp / "api-token").write_text("multi-daemon-lab-operator-token-0123456789\n")
     os.chmod(tmp / "api-token", 0o600)
     with Lab() as lab:
@@ -189,10 +192,11 @@ def test_a_daemon_claiming_a_served_subnet_refuses_to_start(multi: MultiLab) -> 
     path = daemon_config(multi.tmp, 3, subnet=1, port=8081)
     path.write_text(path.read_text().replace('admin_address = "198.18.0.3"', 'admin_address = "198.18.0.2"')
                     .replace("198.18.0.3:8081", "198.18.0.2:8081"))
-    res = subprocess.run([*multi.servers[2].cmd(sys.executable, "-m", "bootd", "serve", "--config", str(path))],
-                         cwd=REPO, capture_output=True, text=True, timeout=WAIT)
+    argv = multi.servers[2].cmd(sys.executable, "-m", "bootd", "serve", "--config", str(path))
+    res = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=WAIT)
     assert res.returncode != 0
-    assert "cannot start: subnet 198.19.1.0/24 is served by daemon admin-1 (198.18.0.1), heartbeat " in res.stderr
+    assert ("cannot start: subnet 198.19.1.0/24 is served by daemon admin-1 (198.18.0.1), heartbeat "
+            in res.stderr)
     assert "two DHCP servers on one subnet would hand out the same addresses" in res.stderr
     assert "Traceback" not in res.stderr
     # The running daemons keep their claims.
@@ -220,9 +224,7 @@ def test_each_rack_leases_from_its_daemon_and_both_daemons_see_both_racks(multi:
     # Each PXE client became a node, registered by the daemon that answered it.
     names = {n: "node-" + macs[n].replace(":", "") for n in (1, 2)}
     for n in (1, 2):
-        listed = wait_until(lambda n=n: (lambda got: set(names.values()) <= got and got)(
-            {x["name"] for x in multi.api(n, "/api/v1/nodes")["nodes"]}), f"admin-{n}'s API listing both racks")
-        assert set(names.values()) <= listed
+        wait_until(lambda n=n: set(names.values()) <= multi.node_names(n), f"admin-{n}'s API, both racks")
     # The status page of each daemon shows the other's node: its snapshot follows the other
     # daemon's change through LISTEN/NOTIFY (its own poll is every 60 s).
     for n, other in ((1, 2), (2, 1)):
