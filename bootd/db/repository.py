@@ -21,6 +21,7 @@ from ipaddress import IPv4Address
 from sqlalchemy import func, select, update
 
 from bootd.db import schema as t
+from bootd.db.admissions import end_admission
 from bootd.db.bmcs import BmcRows
 from bootd.db.leases import LeaseRows
 from bootd.db.store import Clock, _event_record, _node_record, _reason, token_hash, utcnow
@@ -252,6 +253,11 @@ class Repository(BmcRows, LeaseRows):
                 node.state, node.state_changed_at = changes.state.value, changes.at
             if changes.retries is not None:
                 node.retries, node.state_changed_at = changes.retries, changes.at
+            if changes.state is not None or changes.retries is not None:
+                # Install waves (bootd.model.admission): the node's slot ends here, in the
+                # move's own transaction, unless its new state still holds it; a timeout
+                # retry's fresh boot asks again.
+                await end_admission(s, node.id, NodeState(node.state), retry=changes.state is None)
             node.updated_at = changes.at
             for effect in effects:
                 if isinstance(effect, Emit):

@@ -32,11 +32,13 @@ from datetime import datetime
 from bootd.bmc.controller import PowerOp
 from bootd.bmc.service import PowerService, Result
 from bootd.config import Config
+from bootd.db.admissions import AdmissionRows
 from bootd.db.repository import Repository, utcnow
 from bootd.errors import Conflict, InvalidInput, NotFound
 from bootd.feed import ChangeFeed, NodeChanged
 from bootd.logs import Throttle, kv
 from bootd.metrics import Metrics
+from bootd.model.admission import clock_starts
 from bootd.model.bootfail import KIND as BOOT_FAILED
 from bootd.model.bootfail import BootFailure, Outcome, ReportLimiter
 from bootd.model.events import (
@@ -271,7 +273,12 @@ class Lifecycle:
         reported. Returns the records after (an expired node's with state DELETE)."""
         lc = self.config.lifecycle
         changed = []
-        for node, limit in overdue(await self._repo.list_nodes(), self._clock(), lc.timeouts):
+        now = self._clock()
+        # Install waves: a node waiting for its slot is not late; an admitted one's clock
+        # starts at its admission (bootd.model.admission.clock_starts).
+        clocks = clock_starts(await AdmissionRows(self._repo).admission_rows(), now,
+                              self.config.waves.forget_after)
+        for node, limit in overdue(await self._repo.list_nodes(), now, lc.timeouts, clocks):
             if self._metrics is not None:
                 self._metrics.stall(node.state)
             try:

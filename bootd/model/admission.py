@@ -237,3 +237,45 @@ def places(admitted: Sequence[Entry], waiting: Sequence[Entry], limits: Limits,
         else:
             out.append((e, Wait(place, len(order), *full)))
     return out
+
+
+# -- stored places (bootd.db.admissions reads them) -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionRecord:
+    """One row of the admissions table, with its node's state now."""
+
+    entry: Entry
+    slot: S  # the heavy state the place is for
+    node_state: S
+    queued_at: datetime
+    admitted_at: datetime | None
+
+    @property
+    def live(self) -> bool:
+        """The node still holds (or waits for) this slot; else the row is left over
+        (the node moved on, or a crash kept the row past the move) and counts for nothing."""
+        return holds(self.slot, self.node_state)
+
+    @property
+    def admitted(self) -> bool:
+        return self.admitted_at is not None
+
+
+def clock_starts(rows: Iterable[AdmissionRecord], now: datetime,
+                 forget_after: float) -> dict[str, datetime | None]:
+    """When each node's state timer starts, for nodes in the waves (model.lifecycle.overdue):
+    an admitted node's at its admission, a waiting node that still asks not yet (None),
+    a waiting node that stopped asking at its last ask."""
+    out: dict[str, datetime | None] = {}
+    for r in rows:
+        if not r.live:
+            continue
+        if r.admitted_at is not None:
+            out[r.entry.name] = r.admitted_at
+        elif forgotten(r.entry, now, forget_after):
+            out[r.entry.name] = r.entry.asked_at
+        else:
+            out[r.entry.name] = None
+    return out

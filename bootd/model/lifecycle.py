@@ -25,7 +25,7 @@ discovering timeout runs out, rather than retried: a spoofed MAC never reports.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -296,12 +296,21 @@ def profile_gone(node: NodeRecord, profiles: frozenset[str]) -> MarkProblem | No
     return None
 
 
-def overdue(nodes: Sequence[NodeRecord], now: datetime,
-            timeouts: dict[S, int]) -> list[tuple[NodeRecord, int]]:
-    """Nodes past their state's timeout, each with that timeout in seconds."""
+def overdue(nodes: Sequence[NodeRecord], now: datetime, timeouts: dict[S, int],
+            clocks: Mapping[str, datetime | None] | None = None) -> list[tuple[NodeRecord, int]]:
+    """Nodes past their state's timeout, each with that timeout in seconds. `clocks`:
+    nodes in the install waves (model.admission.clock_starts): a node waiting for its
+    slot and still asking is not late (None); an admitted one's clock starts at its
+    admission."""
     out = []
     for node in nodes:
         limit = timeouts.get(node.state, 0)
-        if limit > 0 and now - node.state_changed_at >= timedelta(seconds=limit):
+        start = node.state_changed_at
+        if clocks is not None and node.name in clocks:
+            since = clocks[node.name]
+            if since is None:
+                continue
+            start = max(start, since)
+        if limit > 0 and now - start >= timedelta(seconds=limit):
             out.append((node, limit))
     return out
