@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from boot_timeline import ipv6_on
 from bootd_proc import Bootd
 from conftest import REPO, loopback_config
 from netlab import Lab, add_tap, qemu_argv
@@ -404,6 +405,7 @@ def start_lab_bootd(lab: Lab, tmp_path: Path, extra: str = "", log: Path | None 
     """bootd in the lab with an empty TFTP root: no discovery image, so every kernel 404s.
     With `log`, at debug level into that file, which a test can read while it runs."""
     srv = lab.add_host("srv", f"{SERVER}/24")
+    ipv6_on(srv)  # bootd's router advertisements: iPXE stops waiting for IPv6 (~13 s a boot)
     state = tmp_path / "state"
     (state / "tftp").mkdir(parents=True)
     conf = tmp_path / "bootd.toml"

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from boot_timeline import ipv6_on
 from bootd_proc import Notifications, env_for
 from conftest import REPO
 from netlab import Lab, add_tap, qemu_argv
@@ -97,6 +98,7 @@ class Daemon:
 @pytest.fixture
 def bootd(lab: Lab, tmp_path: Path) -> Iterator[Daemon]:
     srv = lab.add_host("srv", f"{SERVER}/24")
+    ipv6_on(srv)  # bootd's router advertisements: iPXE stops waiting for IPv6 (~13 s)
     config = tmp_path / "bootd.toml"
     # No router and no dns_servers: the DHCP offer carries neither.
     config.write_text(textwrap.dedent(f"""\
