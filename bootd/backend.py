@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from bootd.bmc.service import PowerService
 from bootd.config import Config
 from bootd.db.engine import open_database
+from bootd.db.findings import FindingRows
 from bootd.db.repository import Repository
 from bootd.db.rollouts import RolloutRows
 from bootd.feed import ChangeFeed
+from bootd.fleet.findings import Findings
 from bootd.fleet.rollout import Rollouts
 from bootd.inventory import Inventory
 from bootd.keys import SecretBox
@@ -34,6 +36,7 @@ class Backend:
     lifecycle: Lifecycle
     feed: ChangeFeed
     rollouts: Rollouts
+    findings: Findings  # other DHCP servers seen (rogue DHCP)
 
 
 def build_backend(config: Config, repo: Repository, *, feed: ChangeFeed | None = None,
@@ -42,7 +45,8 @@ def build_backend(config: Config, repo: Repository, *, feed: ChangeFeed | None =
     feed = feed if feed is not None else ChangeFeed()
     power = power if power is not None else PowerService(config, repo, metrics=metrics)
     lifecycle = Lifecycle(config, repo, power=power, feed=feed, metrics=metrics)
-    return Backend(config, repo, power, lifecycle, feed, Rollouts(config, RolloutRows(repo), lifecycle))
+    return Backend(config, repo, power, lifecycle, feed, Rollouts(config, RolloutRows(repo), lifecycle),
+                   Findings(config, FindingRows(repo), feed))
 
 
 @asynccontextmanager

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bootd import logs, privileges
 from bootd.app import EXIT_CONFIG, EXIT_FAILURE, Daemon
-from bootd.cli import admin, bootloaders, media, nodes
+from bootd.cli import admin, bootloaders, dhcp, media, nodes
 from bootd.cli.parser import parser
 from bootd.config import DEFAULT_CONFIG_PATH, load_config
 from bootd.errors import BootdError, ConfigError
@@ -50,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             print(f"{config.source}: ok ({len(config.subnets)} subnet(s))")
             return 0
+        if args.command == "dhcp":
+            return asyncio.run(dhcp.run(args, config))
         if args.command == "leases":
             return asyncio.run(admin.leases(args, config))
         if args.command == "images" and args.action == "import":

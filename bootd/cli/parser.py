@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bootd import __version__
 from bootd.bmc.controller import PowerOp
-from bootd.cli import media
+from bootd.cli import dhcp, media
 from bootd.config import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR
 from bootd.lifecycle import Selector
 from bootd.model.states import NodeState
@@ -104,6 +104,7 @@ def parser() -> argparse.ArgumentParser:
                          help="install or refresh the first-stage loaders from Debian packages")
     bl.add_argument("--cache", type=Path, metavar="DIR", help="default: <state_dir>/cache")
 
+    dhcp.add_parser(sub, common)
     leases = sub.add_parser("leases", parents=[common], help="DHCP leases")
     lsub = leases.add_subparsers(dest="action", required=True, metavar="ACTION")
     lls = lsub.add_parser("list", parents=[common], help="list leases")
