@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bootd import logs, privileges
 from bootd.app import EXIT_CONFIG, EXIT_FAILURE, Daemon
-from bootd.cli import admin, bootloaders, dhcp, media, nodes
+from bootd.cli import admin, bootloaders, dhcp, media, nodes, rollout
 from bootd.cli.parser import parser
 from bootd.config import DEFAULT_CONFIG_PATH, load_config
 from bootd.errors import BootdError, ConfigError
@@ -60,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return bootloaders.run(args, config)
         if args.command == "images":
             return admin.images(args, config)
+        if args.command == "rollout":
+            return asyncio.run(rollout.run(args, config))
         if args.command == "power":
             return asyncio.run(admin.power(args, config))
         return asyncio.run(nodes.run(args, config))

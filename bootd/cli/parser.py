@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bootd import __version__
 from bootd.bmc.controller import PowerOp
-from bootd.cli import dhcp, media
+from bootd.cli import dhcp, media, rollout
 from bootd.config import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR
 from bootd.lifecycle import Selector
 from bootd.model.states import NodeState
@@ -103,6 +103,8 @@ def parser() -> argparse.ArgumentParser:
     bl = isub.add_parser("bootloaders", parents=[common],
                          help="install or refresh the first-stage loaders from Debian packages")
     bl.add_argument("--cache", type=Path, metavar="DIR", help="default: <state_dir>/cache")
+
+    rollout.add_parser(sub, common)
 
     dhcp.add_parser(sub, common)
     leases = sub.add_parser("leases", parents=[common], help="DHCP leases")
