@@ -105,7 +105,7 @@ def build_services(config: Config, repo: Repository) -> list[Service]:
     timer = LifecycleService(config, repo, power=backend.power, feed=backend.feed,
                              lifecycle=backend.lifecycle)
     services: list[Service] = [policy, timer, *change_notices(config, repo, backend.feed)]
-    rogue = Findings(config, FindingRows(repo), backend.feed)  # other DHCP servers: log, metrics, banner
+    rogue = backend.findings  # other DHCP servers: log, metrics, banner
     metrics.watch_rogue(rogue)
     services.append(RolloutService(backend.rollouts, backend.feed))  # the rollouts' driver
     metrics.watch_rollouts(lambda: {o.value: n for o, n in backend.rollouts.outcome_counts.items()})
