@@ -38,12 +38,14 @@ from bootd.errors import BootdError, Conflict, InvalidInput, NotFound
 from bootd.feed import ChangeFeed
 from bootd.http import api, findings
 from bootd.http.boot import OPERATOR, POLICY, SETTINGS, same_token
+from bootd.http.rollouts import ROLLOUTS
 from bootd.http.sessions import COOKIE, Session, Sessions
 from bootd.http.statusfeed import BATCH, Stamped, StatusHub, Stream, utc_now
 from bootd.http.statusview import PATH, Filter, counts, overview, rack_of, row, tone
 from bootd.lifecycle import Operation
 from bootd.logs import kv
 from bootd.model.records import NodeRecord
+from bootd.model.rollout import LIVE
 from bootd.model.states import NodeState
 
 log = logging.getLogger("bootd.http.status")
@@ -146,7 +148,10 @@ async def index(request: web.Request) -> web.Response:
     def query(page: int) -> str:
         return urlencode({k: v for k, v in {**request.query, "page": str(page)}.items()})
 
-    return _html(request, "index.html.j2", title="Status", view=view, flt=flt, query=query, live="fleet")
+    rollouts = request.app.get(ROLLOUTS)  # running and paused ones, with their progress
+    shown = [] if rollouts is None else await rollouts.list(sorted(LIVE))
+    return _html(request, "index.html.j2", title="Status", view=view, flt=flt, query=query, live="fleet",
+                 rollouts=shown)
 
 
 @dataclass(frozen=True, slots=True)
