@@ -16,6 +16,7 @@ from bootd.app import http_app
 from bootd.config import parse_config
 from bootd.db.engine import open_database
 from bootd.db.repository import Repository
+from bootd.http.rollouts import ROLLOUTS
 from bootd.keys import SecretBox
 from bootd.model.records import NewNode
 from bootd.model.states import NodeState as S
@@ -123,3 +124,24 @@ def test_metrics_gauge_of_rollout_nodes() -> None:
     text = metrics.exposition().decode()
     assert 'bootd_rollout_nodes{outcome="ready"} 3.0' in text
     assert 'bootd_rollout_nodes{outcome="active"} 1.0' in text
+
+
+async def test_status_page_shows_live_rollouts(client: TestClient, repo: Repository) -> None:
+    resp = await client.post("/login", data={"token": TOKEN, "next": "/"})
+    assert resp.status == 200
+    assert "Rollouts" not in await (await client.get("/")).text()  # none: no section
+    resp = await client.post("/api/v1/rollouts", headers=AUTH,
+                             json={"racks": ["r1"], "profile": "rocky-9", "max_failures": 0})
+    rid = (await resp.json())["id"]
+    await handed_over(repo, "a1", "a2")
+    from bootd.lifecycle import Lifecycle
+
+    await Lifecycle(CONFIG, repo).report("a1", S.PROBLEM, message="no <disk>")
+    await client.post(f"/api/v1/rollouts/{rid}/resume", headers=AUTH)  # not paused yet: 409
+    page = await (await client.get("/")).text()
+    assert f'data-rollout="{rid}"' in page and "<td>running</td>" in page
+    await client.app[ROLLOUTS].drive(rid)
+    page = await (await client.get("/")).text()
+    assert "<td>paused</td>" in page and "<td>1/0</td>" in page
+    assert "1 node in problem (a1: no &lt;disk&gt;), more than --max-failures 0: paused" in page
+    assert '<progress value="1" max="2"></progress>' in page
