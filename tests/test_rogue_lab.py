@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -129,6 +130,22 @@ def test_a_clients_exchange_with_the_rogue_is_noticed_passively(rig: Rig) -> Non
     assert (found["server_ip"], found["server_mac"]) == (ROGUE, rig.rogue_mac)
 
 
+GARBAGE = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.bind(("198.18.0.3", 0))
+for data in (b"", b"\\x02" * 300, bytes(236) + b"\\x63\\x82\\x53\\x63\\x35\\x01\\x02\\x36\\x09\\x01"):
+    s.sendto(data, ("198.18.0.255", 68))
+"""
+
+
+def test_broken_replies_on_the_wire_are_dropped(rig: Rig) -> None:
+    rig.rogue.run(sys.executable, "-c", GARBAGE)
+    # Still serving: the API answers and the finding is unchanged by the garbage.
+    assert rig.findings()[0]["server_ip"] == ROGUE
+
+
 def test_the_finding_is_on_the_status_page_in_metrics_and_logged_once(rig: Rig) -> None:
     wait_until(rig.findings, "a finding")
     page = curl(rig.srv, f"{BASE}/")
@@ -141,4 +158,6 @@ def test_the_finding_is_on_the_status_page_in_metrics_and_logged_once(rig: Rig) 
     warnings = [line for line in rig.bootd.stderr.splitlines()
                 if "another DHCP server answers on an admin interface" in line]
     assert len(warnings) == 1, rig.bootd.stderr
+    dropped = [line for line in rig.bootd.stderr.splitlines() if "malformed DHCP reply dropped" in line]
+    assert len(dropped) == 1, rig.bootd.stderr  # three broken packets, one line a minute
     assert " warning " in warnings[0] and f"server={ROGUE}" in warnings[0] and "method=active" in warnings[0]
