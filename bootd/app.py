@@ -91,8 +91,10 @@ def http_app(repo: Repository, api_token: str, config: Config, power: PowerServi
                     tasks=tasks if tasks is not None else Tasks(config, repo), power=power, feed=feed,
                     metrics=metrics, rogue=Findings(config, FindingRows(repo), feed))
     # /api/v1/rollouts: a longer static prefix than POST /api/v1/{op}, so aiohttp's router takes it first
-    http_rollouts.install(app, rollouts if rollouts is not None
-                          else Rollouts(config, RolloutRows(repo), lifecycle))
+    if rollouts is None and isinstance(repo, Repository):  # not a test's stand-in without a database
+        rollouts = Rollouts(config, RolloutRows(repo), lifecycle)
+    if rollouts is not None:
+        http_rollouts.install(app, rollouts)
     return app
 
 
