@@ -14,10 +14,11 @@ from scapy.layers.inet import IP, UDP
 from scapy.packet import Raw
 
 from bootd.config import DhcpMode
+from bootd.dhcp.classify import classify
 from bootd.dhcp.options import MalformedPacket, MessageType
+from bootd.dhcp.packet import parse
 from bootd.dhcp.rogue import (
     BROADCAST,
-    PROBE_VENDOR,
     Identity,
     Verdict,
     answers_probe,
@@ -27,6 +28,7 @@ from bootd.dhcp.rogue import (
     read,
     unframe,
 )
+from bootd.model.clients import Firmware
 from bootd.model.findings import Offered, ReplyKind
 
 US = IPv4Address("198.18.0.1")
@@ -96,6 +98,14 @@ def test_proxy_mode_expects_the_real_servers_plain_offers() -> None:
     assert read(reply("ack"), ROGUE, PROXY).verdict is Verdict.EXPECTED
 
 
+def test_proxy_mode_with_the_real_server_named_flags_any_other() -> None:
+    real = IPv4Address("198.18.0.2")
+    me = Identity(own=frozenset({US}), allowed=frozenset({real}), mode=DhcpMode.PROXY)
+    assert read(reply(server=real), real, me).verdict is Verdict.ALLOWED
+    e = read(reply(), ROGUE, me)  # a second address server, no PXE options
+    assert (e.verdict, e.reason) == (Verdict.FOREIGN, "another DHCP server")
+
+
 @pytest.mark.parametrize(("extra", "file"), [
     ([("vendor_class_id", b"PXEClient")], b""),
     ([("boot-file-name", b"undionly.kpxe")], b""),
@@ -156,13 +166,15 @@ def test_probe_mac_is_locally_administered_unicast_and_not_ours() -> None:
     assert probe_mac(global_mac) == bytes.fromhex("021122334455")
 
 
-def test_probe_is_a_broadcast_pxe_discover_scapy_reads() -> None:
+def test_probe_is_a_broadcast_discover_scapy_reads_and_not_a_pxe_client() -> None:
     chaddr = probe_mac(bytes.fromhex("525400123456"))
     pkt = BOOTP(build_probe(chaddr, 0xCAFEF00D))
     assert (pkt.op, pkt.xid, pkt.flags, pkt.chaddr[:6]) == (1, 0xCAFEF00D, 0x8000, chaddr)
     opts = {k: v for k, *vs in pkt[DHCP].options if isinstance(k, str) and k != "end" for v in [vs[0]]}
     assert opts["message-type"] == 1
-    assert opts["vendor_class_id"] == PROBE_VENDOR
+    # Not a PXE client: PXE servers that record booting machines must not record the probe.
+    assert "vendor_class_id" not in opts and "client-arch" not in opts
+    assert classify(parse(build_probe(chaddr, 1))).firmware is Firmware.OTHER
     assert {1, 3, 6, 51, 54, 66, 67} <= set(opts["param_req_list"])
 
 

@@ -15,7 +15,8 @@ passively, and any server at all answers a DISCOVER of our own, actively.
   "ProxyDHCP"): its offers are expected and are findings only when they carry
   PXE boot options themselves (vendor class "PXEClient", a boot file or a
   TFTP server name): then it is another PXE server that competes with us for
-  every booting machine.
+  every booting machine. When the operator names the real server(s) in
+  `allowed`, any other server is a finding, PXE options or not.
 - FOREIGN: anything else that offers or acknowledges: a finding.
 - IGNORED / MALFORMED: not an OFFER or ACK (requests, NAKs), or broken bytes.
   A broken packet is counted by the caller and dropped; `read` never raises.
@@ -27,11 +28,14 @@ The probe (`build_probe`) is a DISCOVER from a locally administered MAC derived
 from our interface's (IEEE 802 "U/L" bit set, so it never equals a machine's
 real address and no lease any server keeps for the admin node itself is
 touched), with the broadcast flag (section 4.1: servers broadcast the OFFER,
-so we see it without an address), and vendor class "PXEClient" plus client
-architecture 0 (RFC 4578), so PXE proxy servers, which answer only PXE
-clients, answer it too. `frame`/`unframe` wrap DHCP in IPv4/UDP (RFC 791,
-RFC 768) for the packet socket that sends the probe from 0.0.0.0:68, as a client
-without an address does (RFC 2131 section 4.1).
+so we see it without an address). It is deliberately NOT a PXE client (no
+vendor class "PXEClient", no RFC 4578 options): a PXE server that records
+machines as they PXE-boot (bootd itself, Crowbar, Cobbler) would add the probe
+to its inventory every few minutes. So PXE-only proxy servers, which answer
+only PXE clients, are found passively, when real machines boot.
+`frame`/`unframe` wrap DHCP in IPv4/UDP (RFC 791, RFC 768) for the packet
+socket that sends the probe from 0.0.0.0:68, as a client without an address
+does (RFC 2131 section 4.1).
 """
 
 from __future__ import annotations
@@ -49,7 +53,6 @@ from bootd.model.findings import Offered, ReplyKind
 CLIENT_PORT, SERVER_PORT = 68, 67
 BROADCAST = IPv4Address("255.255.255.255")
 PXE_VENDOR = b"PXEClient"
-PROBE_VENDOR = b"PXEClient:Arch:00000:UNDI:002001"
 PROBE_PARAMETERS = bytes((Opt.SUBNET_MASK, Opt.ROUTER, Opt.DNS_SERVERS, Opt.DOMAIN_NAME, Opt.LEASE_TIME,
                           Opt.SERVER_ID, Opt.VENDOR_SPECIFIC, Opt.VENDOR_CLASS, Opt.TFTP_SERVER_NAME,
                           Opt.BOOTFILE_NAME))
@@ -110,7 +113,7 @@ def examine(packet: Packet, source: IPv4Address, me: Identity) -> Examined:
         return _with(base, Verdict.OURS, "our own reply")
     if server in me.allowed or source in me.allowed:
         return _with(base, Verdict.ALLOWED, "a server listed in [rogue] allowed")
-    if me.mode is DhcpMode.PROXY:
+    if me.mode is DhcpMode.PROXY and not me.allowed:
         if not what.pxe:
             return _with(base, Verdict.EXPECTED, "proxy mode: the network's DHCP server, without PXE options")
         return _with(base, Verdict.FOREIGN, "another PXE server")
@@ -166,10 +169,7 @@ def build_probe(chaddr: bytes, xid: int) -> bytes:
     items: list[tuple[int, bytes]] = [
              (Opt.MESSAGE_TYPE, u8(MessageType.DISCOVER)),
              (Opt.PARAMETER_REQUEST_LIST, PROBE_PARAMETERS),
-             (Opt.MAX_MESSAGE_SIZE, struct.pack("!H", 1500)),
-             (Opt.VENDOR_CLASS, PROBE_VENDOR),
-             (Opt.CLIENT_ARCH, b"\x00\x00"),        # RFC 4578 2.1: x86 BIOS
-             (Opt.CLIENT_NDI, b"\x01\x02\x01")]     # RFC 4578 2.2: UNDI 2.1
+             (Opt.MAX_MESSAGE_SIZE, struct.pack("!H", 1500))]
     packet = Packet(op=BOOTREQUEST, xid=xid & 0xFFFFFFFF, chaddr=chaddr, flags=BROADCAST_FLAG,
                     options=Options(items))
     return build(packet, items)
