@@ -6,13 +6,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
 from conftest import loopback_config
 
 from bootd.config import Config, parse_config
+from bootd.db.claims import ClaimRows
 from bootd.db.engine import open_database
 from bootd.db.findings import FindingRows, FindingUpdate
 from bootd.db.repository import Repository
@@ -149,3 +150,23 @@ async def test_servers_beyond_the_limit_are_counted_not_recorded(rows: FindingRo
     await f.flush()
     assert f.overflow == 7
     assert len(await rows.list_findings()) == 3
+
+
+async def test_peer_daemons_sharing_the_database_are_not_rogues(db_url: str, tmp_path: Path) -> None:
+    engine = await open_database(db_url)
+    try:
+        peer = IPv4Address("198.18.0.2")
+        await ClaimRows(engine).sync("admin-2", peer, [IPv4Network("198.19.2.0/24")])
+        rows = FindingRows(Repository(engine, SecretBox.from_file(tmp_path / "key")))
+        cfg = config(tmp_path)
+        assert await rows.peer_addresses(cfg.daemon_id) == {peer}
+        assert await rows.peer_addresses("admin-2") == set()
+        f = Findings(cfg, rows)
+        await f.start()
+        f.sighted(sighting(ip=peer))
+        f.sighted(sighting())
+        await f.flush()
+        assert (f.peer_answers, f.answers) == (1, 1)
+        assert [x.server_ip for x in await rows.list_findings()] == [ROGUE]
+    finally:
+        await engine.dispose()

@@ -6,6 +6,7 @@ batch of sightings in one transaction with INSERT .. ON CONFLICT DO UPDATE
 hundreds of clients costs one row write per flush, not one per packet, and two
 writers of the same key (a restart racing a flush) cannot insert it twice.
 What a sighting means and when to write is bootd.fleet.findings' business.
+The peer daemons' addresses come from their subnet claims (table subnet_claims).
 """
 
 from __future__ import annotations
@@ -71,6 +72,13 @@ class FindingRows(Store):
                 row = (await s.execute(stmt.returning(t.DhcpFinding))).scalar_one()
                 out.append(_record(row))
         return out
+
+    async def peer_addresses(self, daemon: str) -> set[IPv4Address]:
+        """Admin addresses of the other daemons sharing this database (their subnet claims):
+        bootd peers serving their own subnets, expected on a shared admin link."""
+        query = select(t.SubnetClaim.address).where(t.SubnetClaim.daemon != daemon).distinct()
+        async with self._tx(write=False) as s:
+            return {IPv4Address(a) for a in await s.scalars(query)}
 
     async def list_findings(self, daemon: str | None = None) -> list[FindingRecord]:
         """Every finding (of one daemon, when given), the most recently seen first."""

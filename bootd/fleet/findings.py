@@ -8,6 +8,11 @@ the pending entries in one transaction at once for a server not seen before,
 else every FLUSH seconds (count += n, last_seen), then publishes each written
 finding on the change feed (the status page's banner follows it).
 
+Other bootd daemons sharing the database (several admin nodes, each serving
+its own subnets, ARCHITECTURE) are peers, not rogues: their admin addresses,
+read from their subnet claims at start and every PEERS_EVERY seconds, are
+counted (`peer_answers`) and never reported.
+
 The log gets one WARNING the first time this daemon run sees a server, then at
 most one line per server per REWARN seconds while it keeps answering: never a
 line per packet. At most MAX_SERVERS servers are tracked; a flood of forged
@@ -38,6 +43,7 @@ log = logging.getLogger("bootd.rogue")
 FLUSH = 5.0          # seconds between writes of repeat sightings
 REWARN = 3600.0      # a server still answering is warned about again this often at most
 MAX_SERVERS = 256
+PEERS_EVERY = 60.0   # seconds between reads of the peer daemons' addresses
 RECENT = timedelta(hours=24)  # a finding counts as current (gauge, banner) this long after last seen
 Key = tuple[str, IPv4Address, str]
 
@@ -48,6 +54,8 @@ class FindingStore(Protocol):
     async def record(self, daemon: str, updates: Sequence[FindingUpdate]) -> list[FindingRecord]: ...
 
     async def list_findings(self, daemon: str | None = None) -> list[FindingRecord]: ...
+
+    async def peer_addresses(self, daemon: str) -> set[IPv4Address]: ...
 
 
 @dataclass
@@ -77,13 +85,19 @@ class Findings:
         self._known: dict[Key, FindingRecord] = {}
         self._pending: dict[Key, _Pending] = {}
         self._warned: dict[Key, float] = {}
+        self._peers: frozenset[IPv4Address] = frozenset()
+        self._peers_read = float("-inf")
         self._wake = asyncio.Event()
         self.answers = 0     # foreign replies reported by the edge
         self.overflow = 0    # sightings of servers beyond MAX_SERVERS, dropped
+        self.peer_answers = 0  # replies of peer daemons (not reported)
 
     # -- the reporter (bootd.dhcp.rogue_transport.Reporter) ---------------------------------
 
     def sighted(self, sighting: Sighting) -> None:
+        if sighting.server_ip in self._peers:
+            self.peer_answers += 1
+            return
         self.answers += 1
         key, now = _key(sighting), self._clock()
         pending = self._pending.get(key)
@@ -134,6 +148,7 @@ class Findings:
     # -- the service ------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self._read_peers()
         try:
             rows = await self._rows.list_findings(self.config.daemon_id)
         except BootdError as exc:
@@ -151,6 +166,15 @@ class Findings:
                 await asyncio.wait_for(self._wake.wait(), FLUSH)
             self._wake.clear()
             await self.flush()
+            if self._monotonic() - self._peers_read >= PEERS_EVERY:
+                await self._read_peers()
+
+    async def _read_peers(self) -> None:
+        self._peers_read = self._monotonic()
+        try:
+            self._peers = frozenset(await self._rows.peer_addresses(self.config.daemon_id))
+        except BootdError as exc:
+            log.warning("cannot read the peer daemons' addresses", extra=kv(reason=str(exc)))
 
     async def stop(self) -> None:
         try:
