@@ -67,6 +67,7 @@ ETH_P_IP = 0x0800
 PACKET_OUTGOING = 4
 SO_ATTACH_FILTER = 26
 BATCH = 64
+IDLE = 60.0  # seconds between looks at the config when probing is off
 
 # Classic BPF over the network header (a SOCK_DGRAM packet socket's filter starts
 # there): IPv4 UDP, not a fragment, destination port 68.
@@ -179,10 +180,12 @@ class RogueWatcher:
             probe_interval=self.config.rogue.probe_interval))
 
     async def run(self) -> None:
-        interval = self.config.rogue.probe_interval
-        if interval <= 0 or not self._links:
-            await asyncio.Event().wait()  # passive only (or nothing): a service never returns
+        # probe_interval is re-read each round: a reload (SIGHUP) may turn probing on or off.
         while True:
+            interval = self.config.rogue.probe_interval
+            if interval <= 0 or not self._links:
+                await asyncio.sleep(IDLE)  # passive only (or nothing): a service never returns
+                continue
             await asyncio.gather(*(self.probe(link.interface) for link in list(self._links.values())))
             await asyncio.sleep(max(0.0, interval - self.config.rogue.probe_wait))
 
@@ -194,9 +197,10 @@ class RogueWatcher:
         self._links.clear()
 
     def reconfigure(self, config: Config) -> None:
+        # allowed, watch, probe_wait take effect now; interfaces and probe_interval at a restart.
+        own = self.identity.own - {self.config.admin_address} | {config.admin_address}
         self.config = config
-        self.identity = Identity(self.identity.own - {self.config.admin_address} | {config.admin_address},
-                                 frozenset(config.rogue.allowed), config.dhcp.mode)
+        self.identity = Identity(own, frozenset(config.rogue.allowed), config.dhcp.mode)
 
     # -- the probe ------------------------------------------------------------------------
 
