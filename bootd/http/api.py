@@ -211,6 +211,9 @@ async def power_many(request: web.Request) -> web.Response:
     return web.json_response({"results": [result_json(r) for r in results]})
 
 
+OPS = "|".join(op.value for op in Operation)
+
+
 def routes() -> list[web.RouteDef]:
     return [
         web.get("/healthz", healthz),
@@ -221,7 +224,9 @@ def routes() -> list[web.RouteDef]:
         web.get("/api/v1/nodes/{name}/events", node_events),
         web.post("/api/v1/nodes/{name}/power/{op}", power_one),
         web.post("/api/v1/power/{op}", power_many),
-        web.post("/api/v1/nodes/{name}/{op}", operate_one),
-        web.post("/api/v1/{op}", operate_many),
+        # Only the operations' own names: a catch-all {op} would shadow later fixed
+        # routes (/api/v1/rollouts) depending on aiohttp's matching order.
+        web.post(f"/api/v1/nodes/{{name}}/{{op:{OPS}}}", operate_one),
+        web.post(f"/api/v1/{{op:{OPS}}}", operate_many),
         web.get("/api/v1/leases", list_leases),
     ]
