@@ -157,14 +157,16 @@ class RogueWatcher:
         for interface in self._interfaces:
             own.update(_addresses(interface))
             try:
-                sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
+                # Protocol 0: nothing is queued until the bind below, after the filter is on
+                # (a socket made with ETH_P_IP hears every interface until it is bound).
+                sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
             except PermissionError as exc:
                 log.warning("cannot watch for other DHCP servers: no CAP_NET_RAW",
                             extra=kv(interface=interface, reason=exc.strerror))
                 continue
             try:
                 _attach_filter(sock)
-                sock.bind((interface, ETH_P_IP))
+                sock.bind((interface, ETH_P_IP))  # Python converts the protocol to network order
                 sock.setblocking(False)
             except OSError as exc:
                 sock.close()
