@@ -56,7 +56,7 @@ class _Policy:
     def fetched(self, peer: IPv4Address | None, kind: str, detail: str) -> None:
         pass
 
-    def tftp_file(self, path: str, peer: IPv4Address) -> bytes | None:
+    async def tftp_file(self, path: str, peer: IPv4Address) -> bytes | None:
         return f"# {path} for {peer}\n".encode() if path.startswith("pxelinux.cfg/") else None
 
 

@@ -101,7 +101,7 @@ def http_app(repo: Repository, api_token: str, config: Config, power: PowerServi
 def build_services(config: Config, repo: Repository) -> list[Service]:
     metrics = Metrics()  # this daemon's registry, handed to each service (GET /metrics)
     backend = build_backend(config, repo, metrics=metrics)
-    policy = Policy(config, repo, backend.feed)
+    policy = Policy(config, repo, backend.feed, admissions=backend.admissions)  # waves at boot time
     metrics.watch_policy(policy)
     # Every node change goes through backend.lifecycle; this service is its timer.
     timer = LifecycleService(config, repo, power=backend.power, feed=backend.feed,

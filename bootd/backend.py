@@ -20,6 +20,7 @@ from bootd.db.findings import FindingRows
 from bootd.db.repository import Repository
 from bootd.db.rollouts import RolloutRows
 from bootd.feed import ChangeFeed
+from bootd.fleet.admission import Admissions
 from bootd.fleet.findings import Findings
 from bootd.fleet.rollout import Rollouts
 from bootd.inventory import Inventory
@@ -37,6 +38,7 @@ class Backend:
     feed: ChangeFeed
     rollouts: Rollouts
     findings: Findings  # other DHCP servers seen (rogue DHCP)
+    admissions: Admissions  # install waves: the policy asks it at boot time; snapshot() for status
 
 
 def build_backend(config: Config, repo: Repository, *, feed: ChangeFeed | None = None,
@@ -46,7 +48,7 @@ def build_backend(config: Config, repo: Repository, *, feed: ChangeFeed | None =
     power = power if power is not None else PowerService(config, repo, metrics=metrics)
     lifecycle = Lifecycle(config, repo, power=power, feed=feed, metrics=metrics)
     return Backend(config, repo, power, lifecycle, feed, Rollouts(config, RolloutRows(repo), lifecycle),
-                   Findings(config, FindingRows(repo), feed))
+                   Findings(config, FindingRows(repo), feed), Admissions(config, repo, feed=feed))
 
 
 @asynccontextmanager

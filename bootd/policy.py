@@ -39,9 +39,11 @@ from bootd.activity import Activity
 from bootd.boot import NodeView
 from bootd.config import Config
 from bootd.db.repository import Repository
-from bootd.errors import BootdError, NotFound
+from bootd.errors import BootdError, DatabaseUnavailable, NotFound
 from bootd.feed import ChangeFeed, NodeChanged
+from bootd.fleet.admission import Admissions, wait_script
 from bootd.logs import Throttle, kv
+from bootd.model.admission import Limit, Wait
 from bootd.model.bucket import TokenBucket
 from bootd.model.clients import Arch, BootClient, Firmware
 from bootd.model.lifecycle import BOOT, Boot
@@ -96,8 +98,12 @@ class Policy:
 
     def __init__(self, config: Config, repo: Repository | None = None,
                  feed: ChangeFeed | None = None,
-                 link_address: Callable[[IPv4Address], str | None] = neighbours.link_address) -> None:
+                 link_address: Callable[[IPv4Address], str | None] = neighbours.link_address,
+                 admissions: Admissions | None = None) -> None:
         self.config = config
+        # Install waves: a node booting into a heavy state asks here for its slot
+        # (bootd.fleet.admission); None admits everyone.
+        self.admissions = admissions
         self._repo = repo
         self._feed = feed
         self._link_address = link_address
@@ -219,7 +225,7 @@ class Policy:
         if mac is not None and self._ips_by_mac.get(mac) == ip:
             del self._ips_by_mac[mac]
 
-    def tftp_file(self, path: str, peer: IPv4Address) -> bytes | None:
+    async def tftp_file(self, path: str, peer: IPv4Address) -> bytes | None:
         """A generated per-machine config for a TFTP path (already normalised by the
         TFTP listener: relative, '/'-separated), or None for a plain file."""
         leaf = path.rpartition("/")[2]
@@ -227,16 +233,19 @@ class Policy:
             mac = _mac_from(leaf) or self._macs_by_ip.get(peer)
             if mac is None:  # "default" or a hex-IP name from a machine we never leased
                 return None
-            return self._tftp_script("pxelinux", mac, peer)
+            return await self._tftp_script("pxelinux", mac, peer, path)
         if leaf == "grub.cfg" or leaf.startswith("grub.cfg-"):
             mac = _mac_from(leaf.removeprefix("grub.cfg-")) or self._macs_by_ip.get(peer)
             if mac is None:
                 return render("grub-common.cfg.j2").encode()
-            return self._tftp_script("grub", mac, peer)
+            return await self._tftp_script("grub", mac, peer, path)
         return None
 
-    def _tftp_script(self, kind: str, mac: str, peer: IPv4Address) -> bytes | None:
+    async def _tftp_script(self, kind: str, mac: str, peer: IPv4Address, path: str) -> bytes | None:
         try:
+            waiting = await self._wait(kind, mac, peer, path)
+            if waiting is not None:
+                return waiting.encode()
             return self.script(kind, mac, peer).encode()
         except NotLeaseHolder as exc:
             # Not found, as for any name we have nothing under: pxelinux goes on to
@@ -278,7 +287,36 @@ class Policy:
         if mac not in self._nodes and pending is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(pending.wait(), REGISTER_WAIT)
+        if not operator:  # the operator reads any script; only machines queue
+            waiting = await self._wait(kind, mac, peer, f"grub/grub.cfg-01-{mac.replace(':', '-')}")
+            if waiting is not None:
+                return waiting
         return self.script(kind, mac, peer, operator=operator)
+
+    async def _wait(self, kind: str, mac: str, peer: IPv4Address | None, path: str) -> str | None:
+        """The wait script, when this machine boots into a heavy state and its install
+        slot is not free (bootd.fleet.admission); None: it boots its real script. Only
+        the lease holder asks (anyone else is refused its script anyway, without a
+        transaction); an admitted node is answered from memory after its first ask."""
+        entry = self._nodes.get(mac)
+        if (self.admissions is None or entry is None or self.admissions.slot(entry.state) is None
+                or not self.holds_lease(peer, mac)):
+            return None
+        try:
+            decision = await self.admissions.ask(entry.name, entry.state)
+        except NotFound:
+            return None  # deleted meanwhile: its script says what it boots now
+        except DatabaseUnavailable as exc:
+            # No decision, no slot: waiting is safe, a slot handed out blind is not.
+            if self._say(time.monotonic(), "admission"):
+                log.warning("admission unavailable", extra=kv(node=entry.name, reason=str(exc)))
+            decision = Wait(0, 0, Limit.GLOBAL, "admission is unavailable (inventory database)")
+        if not isinstance(decision, Wait):
+            return None
+        self.activity.record(mac, "http" if kind == "ipxe" else "script",
+                             f"{kind} wait script, place {decision.place} of {decision.of}")
+        url = f"{self.config.http_base}/boot/{kind}?mac={mac}"
+        return wait_script(kind, entry.name, decision, self.config.waves.wait, url=url, path=path)
 
     async def identity(self, mac: str, peer: IPv4Address | None) -> tuple[str, str]:
         """(name, token) of the node with `mac`, for its lease holder only: how the
@@ -449,6 +487,8 @@ class Policy:
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
+        if self.admissions is not None:
+            self.admissions.reconfigure(config)
 
     async def run(self) -> None:
         while True:

@@ -44,7 +44,7 @@ class FakePolicy:
     def fetched(self, peer: IPv4Address | None, kind: str, detail: str) -> None:
         self.fetches.append((peer, kind, detail))
 
-    def tftp_file(self, path: str, peer: IPv4Address) -> bytes | None:
+    async def tftp_file(self, path: str, peer: IPv4Address) -> bytes | None:
         self.asked.append((path, peer))
         if path.startswith("pxelinux.cfg/01-"):
             return f"# for {path}\nDEFAULT local\n".encode()

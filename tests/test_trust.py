@@ -112,10 +112,10 @@ async def test_local_boot_scripts_carry_no_token_and_go_to_anyone(
 async def test_tftp_configs_with_token_only_for_the_lease_holder(repo: Repository, policy: Policy) -> None:
     token = await _node(repo, policy)
     name = "pxelinux.cfg/01-" + MAC.replace(":", "-")
-    assert policy.tftp_file(name, LOCAL) is None
-    assert policy.tftp_file("grub/grub.cfg-01-" + MAC.replace(":", "-"), LOCAL) is None
+    assert await policy.tftp_file(name, LOCAL) is None
+    assert await policy.tftp_file("grub/grub.cfg-01-" + MAC.replace(":", "-"), LOCAL) is None
     policy.leased(MAC, LOCAL)
-    generated = policy.tftp_file(name, LOCAL)
+    generated = await policy.tftp_file(name, LOCAL)
     assert generated is not None and token.encode() in generated
 
 

@@ -39,7 +39,9 @@ from bootd.model.admission import (
     slot_for,
 )
 from bootd.model.states import NodeState
+from bootd.render import render
 
+WAIT_TEMPLATES = {"ipxe": "ipxe-wait.j2", "pxelinux": "pxelinux-wait.cfg.j2", "grub": "grub-wait.cfg.j2"}
 CACHE_SECONDS = 60.0  # a cached admission is checked against the database again after this
 CACHE_MAX = 100_000   # nodes; far above any limit's worth of admitted nodes
 
@@ -158,3 +160,17 @@ class Admissions:
             dict(Counter(e.rollout for e in admitted if e.rollout is not None)), queue,
             sum(forgotten(r.entry, now, forget_after) for r in waiting))
 
+
+def _console(text: str) -> str:
+    """Text every boot language prints as it is: no quotes, $, backslashes, # or ||
+    (iPXE, GRUB and pxelinux each give some of them a meaning); rack names are free text."""
+    safe = "".join(c if c.isalnum() or c in " .,:;()/_+-=" else "?" for c in text)
+    return safe[:200]
+
+
+def wait_script(kind: str, name: str, wait: Wait, seconds: int, *, url: str, path: str) -> str:
+    """The script that makes a waiting machine sleep `seconds` and ask again: iPXE
+    chains `url` (the script's own, without a token); GRUB reads its config `path`
+    again; pxelinux reboots into PXE."""
+    return render(WAIT_TEMPLATES[kind], name=_console(name), place=wait.place, of=wait.of,
+                  reason=_console(wait.reason), seconds=seconds, url=url, path=path)

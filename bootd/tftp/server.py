@@ -60,7 +60,7 @@ Peer = tuple[str, int]
 class TftpPolicy(Protocol):
     """The one question TFTP asks the policy (bootd.policy.Policy answers it)."""
 
-    def tftp_file(self, path: str, peer: IPv4Address) -> bytes | None:
+    async def tftp_file(self, path: str, peer: IPv4Address) -> bytes | None:
         """A generated file for a clean relative path, or None for a plain file under the root."""
 
     def fetched(self, peer: IPv4Address | None, kind: str, detail: str) -> None:
@@ -198,7 +198,7 @@ class TftpService:
         """Find the content and start the transfer; False if refused instead."""
         req, path = accept.request, accept.path
         try:
-            generated = self.policy.tftp_file(path.text, IPv4Address(peer[0]))
+            generated = await self.policy.tftp_file(path.text, IPv4Address(peer[0]))
             if generated is not None:
                 content = netascii(generated) if accept.netascii else generated  # a few KiB
             else:
