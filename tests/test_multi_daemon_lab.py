@@ -29,6 +29,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,16 @@ from cryptography.fernet import Fernet
 from netlab import Host, Lab, cleanup_stale
 from test_dhcp_lab import Udhcpc
 
+from bootd.model.admission import holds
+from bootd.model.states import NodeState
+
 pytestmark = [pytest.mark.lab, pytest.mark.postgres]
 
 DB_ADDRESS, DB_PORT = "198.18.0.5", 5432
 DB_URL = f"postgresql+asyncpg://postgres@{DB_ADDRESS}:{DB_PORT}/postgres"
 PXE_VENDOR = "PXEClient:Arch:00000:UNDI:002001"
+MAX_GLOBAL = 2  # [waves] max_global, shared by both daemons
+POOL = "128/26"  # each rack's dynamic pool: 198.19.n.128-191
 
 
 class Postgres:
@@ -106,12 +112,15 @@ def daemon_config(tmp: Path, n: int, *, subnet: int | None = None, port: int = 8
         probe_interval = 0
         [ra]
         enabled = false
+        [waves]
+        max_global = {MAX_GLOBAL}
+        wait = 1
         {extra}
         [[subnets]]
         cidr = "198.19.{subnet}.0/24"
         router = "198.19.{subnet}.1"
         lease_time = 600
-        dynamic_pool = "198.19.{subnet}.100-198.19.{subnet}.199"
+        dynamic_pool = "198.19.{subnet}.128-198.19.{subnet}.191"
         """))
     os.chmod(state / "secret.key", 0o600)
     return path
@@ -126,11 +135,18 @@ class MultiLab:
     racks: dict[int, Host]   # a client-side host per rack (the relay's rack segment)
     daemons: dict[int, Bootd]
 
-    def api(self, n: int, path: str) -> Any:
-        token = (self.tmp / "api-token").read_text().strip()
-        out = self.servers[n].run("curl", "-sf", "-H", f"Authorization: Bearer {token}",
-                                  f"http://198.18.0.{n}:8080{path}").stdout
+    @property
+    def token(self) -> str:
+        return (self.tmp / "api-token").read_text().strip()
+
+    def api(self, n: int, path: str, *, method: str = "GET", body: Any = None) -> Any:
+        data = [] if body is None else ["-d", json.dumps(body)]
+        out = self.servers[n].run("curl", "-sf", "-X", method, "-H", f"Authorization: Bearer {self.token}",
+                                  *data, f"http://198.18.0.{n}:8080{path}").stdout
         return json.loads(out)
+
+    def states(self, n: int = 1) -> dict[str, str]:
+        return {x["name"]: x["state"] for x in self.api(n, "/api/v1/nodes")["nodes"]}
 
     def node_names(self, n: int) -> set[str]:
         return {x["name"] for x in self.api(n, "/api/v1/nodes")["nodes"]}
@@ -216,7 +232,7 @@ def test_each_rack_leases_from_its_daemon_and_both_daemons_see_both_racks(multi:
         for u in runs.values():
             u.stop()
     for n in (1, 2):
-        assert bound[n]["ip"].startswith(f"198.19.{n}.1")  # the rack's pool, 198.19.n.100-199
+        assert IPv4Address(bound[n]["ip"]) in IPv4Network(f"198.19.{n}.{POOL}")  # the rack's pool
         assert bound[n]["serverid"] == f"198.18.0.{n}"     # from its own daemon, through its relay
         assert bound[n]["router"] == f"198.19.{n}.1"
     leases = {(row[0], row[1]) for row in multi.db.sql("SELECT ip, mac FROM leases WHERE state = 'bound'")}
@@ -229,3 +245,92 @@ def test_each_rack_leases_from_its_daemon_and_both_daemons_see_both_racks(multi:
     # daemon's change through LISTEN/NOTIFY (its own poll is every 60 s).
     for n, other in ((1, 2), (2, 1)):
         wait_until(lambda n=n, other=other: names[other] in multi.page(n), f"admin-{n}'s status page")
+
+
+# -- (d) one rollout over both racks under one global wave limit --------------------------------------
+
+MACHINES_PER_RACK = 3
+TIMING = {"kernel": 0.2, "task": 0.1, "install": 1.0, "os_boot": 0.2, "poll": 1.0, "reboot": 0.5,
+          "http_timeout": 10.0}
+
+
+def machines_of(rack: int) -> list[str]:
+    return [f"52:54:00:d0:{rack:02x}:{i:02x}" for i in range(1, MACHINES_PER_RACK + 1)]
+
+
+def start_machines(multi: MultiLab, rack: int) -> subprocess.Popen[str]:
+    """Simulated machines (bench/fleet/broadcast.py) on rack `rack`'s segment, behind its dhcrelay;
+    the pool is theirs to speak from (AnyIP), the relay is their router."""
+    host = multi.lab.add_host(f"m{rack}", f"198.19.{rack}.2/24", switch=f"br{rack}")
+    host.run("ip", "route", "add", "default", "via", f"198.19.{rack}.1")
+    host.run("ip", "route", "add", "local", f"198.19.{rack}.{POOL}", "dev", "lo")
+    spec = {"macs": machines_of(rack), "interface": "eth0", "until": "ready", "timing": TIMING,
+            "deadline": 150.0}
+    return host.popen(sys.executable, "-m", "bench.fleet.broadcast", json.dumps(spec), cwd=REPO,
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def most_slots_held(rows: list[list[str]]) -> int:
+    """The most wave slots held at once, replaying the event log in id order: a node holds
+    a slot from its `admitted slot=S` event until a transition to a state that does not
+    hold S (bootd.model.admission.holds). Id order is safe here: an admission is written
+    after the move that freed its slot committed, so its event id is the larger."""
+    held: dict[str, NodeState] = {}  # node id -> slot
+    peak = 0
+    for node_id, kind, to_state, message in rows:
+        if kind == "admitted":
+            held[node_id] = NodeState(message.removeprefix("slot="))
+            peak = max(peak, len(held))
+        elif to_state and node_id in held and not holds(held[node_id], NodeState(to_state)):
+            del held[node_id]
+    return peak
+
+
+def test_one_rollout_over_both_racks_holds_the_global_limit(multi: MultiLab) -> None:
+    """The issue's headline: machines of both racks, each rack booting from its own daemon,
+    installed to `ready` by one `bootd rollout start`, never more than MAX_GLOBAL at once."""
+    names = {n: ["node-" + mac.replace(":", "") for mac in machines_of(n)] for n in (1, 2)}
+    sims = {n: start_machines(multi, n) for n in (1, 2)}
+    try:
+        wait_until(lambda: (lambda now: all(now.get(x) == "discovered" for x in names[1] + names[2]))(
+            multi.states()), "every machine discovered")
+        for n in (1, 2):  # the operator puts each rack's machines in their rack, on either daemon
+            for name in names[n]:
+                multi.api(n, f"/api/v1/nodes/{name}", method="PATCH", body={"rack": f"r{n}"})
+        # The one command, on admin-1's host: both racks, one rollout; exit 0 once all are ready.
+        argv = multi.servers[1].cmd(sys.executable, "-m", "bootd", "rollout", "start", "--rack", "r1",
+                                    "--rack", "r2", "--profile", "ubuntu-24.04", "--json",
+                                    "--config", str(multi.daemons[1].config))
+        res = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=150)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        results = {}
+        for n, sim in sims.items():
+            out, _ = sim.communicate(timeout=WAIT)
+            results[n] = json.loads(out.strip().splitlines()[-1])["result"]
+        assert all(r["all_reached"] for r in results.values()), results
+    finally:
+        for sim in sims.values():
+            if sim.poll() is None:
+                sim.terminate()
+                sim.communicate(timeout=WAIT)
+    rows = multi.db.sql("SELECT node_id, kind, coalesce(to_state, ''), message FROM events "
+                        "WHERE kind IN ('admitted', 'transition') ORDER BY id")
+    admitted = multi.db.sql("SELECT actor, message, count(*) FROM events WHERE kind = 'admitted' "
+                            "GROUP BY actor, message ORDER BY actor, message")
+    # Every node was admitted to its installer's boot once, by the daemon it boots from: both
+    # daemons admitted under the one limit. (The hardware-install tasks run in the discovery
+    # image already booted, with no boot to admit: bootd.model.admission SLOT_FOR.)
+    assert admitted == [[f"admin-{n}", "slot=installing", str(MACHINES_PER_RACK)] for n in (1, 2)]
+    # The limit was needed (machines waited their turn) and held across the two daemons.
+    assert sum(r["counts"].get("waits", 0) for r in results.values()) > 0
+    assert most_slots_held(rows) == MAX_GLOBAL
+
+
+def test_slot_replay_counts_overlapping_admissions() -> None:
+    """The replay itself: three overlapping slots are seen as three; a freed slot is not."""
+    rows = [["1", "admitted", "", "slot=installing"], ["2", "admitted", "", "slot=installing"],
+            ["1", "transition", "installing", ""],  # still holds its slot
+            ["1", "transition", "installed", ""],   # frees it
+            ["3", "admitted", "", "slot=installing"]]
+    assert most_slots_held(rows) == 2
+    assert most_slots_held([*rows[:2], ["3", "admitted", "", "slot=installing"]]) == 3

@@ -119,6 +119,10 @@ class AdmissionRows(Store):
             row.allocated_at, row.asked_at = asker.allocated_at, now
             if isinstance(decision, Admit) and row.admitted_at is None:
                 row.admitted_at = now
+                # In the node's log, so a wave's history can be read back (and checked: the
+                # multi-daemon lab replays these to count slots held at each instant).
+                s.add(t.Event(node_id=node_id, node_name=node_name, at=now, kind="admitted", from_state=None,
+                              to_state=None, actor=daemon, message=f"slot={slot.value}"))
             return asker, decision
 
     async def admission_rows(self) -> list[AdmissionRecord]:
