@@ -89,8 +89,8 @@ def http_app(repo: Repository, api_token: str, config: Config, power: PowerServi
     app = build_app(config, api_token, inventory=repo, lifecycle=lifecycle,
                     policy=policy if policy is not None else Policy(config, repo, feed),
                     tasks=tasks if tasks is not None else Tasks(config, repo), power=power, feed=feed,
-                    metrics=metrics, rogue=Findings(config, FindingRows(repo), feed))
-    # /api/v1/rollouts: a longer static prefix than POST /api/v1/{op}, so aiohttp's router takes it first
+                    metrics=metrics,
+                    rogue=Findings(config, FindingRows(repo), feed) if isinstance(repo, Repository) else None)
     if rollouts is None and isinstance(repo, Repository):  # not a test's stand-in without a database
         rollouts = Rollouts(config, RolloutRows(repo), lifecycle)
     if rollouts is not None:

@@ -193,8 +193,13 @@ class RogueConfig:
 
     watch: bool = True          # passively: OFFERs/ACKs from other servers seen on the wire
     probe_interval: int = 300   # actively: a DISCOVER of our own every N seconds; 0 = never
-    probe_wait: float = 3.0     # seconds to collect answers to a probe
+    # Seconds to collect answers to a probe: dnsmasq pings an address ~3 s before offering it.
+    probe_wait: float = 5.0
     allowed: tuple[IPv4Address, ...] = ()  # servers that are expected (proxy mode's real one)
+
+    @property
+    def active(self) -> bool:
+        return self.watch or self.probe_interval > 0
 
 
 @dataclass(frozen=True)
@@ -287,6 +292,8 @@ class Config:
             keys.append("server.daemon_id")
         if new.ra != self.ra:
             keys.append("ra")
+        if new.rogue.active != self.rogue.active:
+            keys.append("rogue")  # the watcher's sockets open only at start
         if (new.http.host, new.http.port) != (self.http.host, self.http.port):
             keys.append("http.listen")
         return keys
