@@ -40,8 +40,9 @@ from aiohttp import web
 from bootd import boot
 from bootd.config import Config
 from bootd.errors import InvalidInput, NotFound
-from bootd.files import Missing, Refused, resolve
+from bootd.files import Missing, NotRegular, Refused, resolve
 from bootd.http.api import json_body
+from bootd.http.filesend import open_regular, send
 from bootd.logs import kv
 from bootd.model.bootfail import BootFailure, Outcome, parse_report
 from bootd.model.names import mac_address
@@ -130,30 +131,32 @@ async def boot_failed(request: web.Request) -> web.Response:
 
 
 async def images(request: web.Request) -> web.StreamResponse:
-    return _from_tftp_root(request, "images/" + request.match_info["path"])
+    return await _from_tftp_root(request, "images/" + request.match_info["path"])
 
 
 async def tftp_root(request: web.Request) -> web.StreamResponse:
-    return _from_tftp_root(request, request.match_info["path"])
+    return await _from_tftp_root(request, request.match_info["path"])
 
 
-def _from_tftp_root(request: web.Request, tail: str) -> web.StreamResponse:
+async def _from_tftp_root(request: web.Request, tail: str) -> web.StreamResponse:
     config = request.app[SETTINGS].config
     try:
-        path = resolve(config.tftp_root, tail)
+        # Opened once, here; everything after works on the descriptor (bootd.http.filesend).
+        fd, st = open_regular(resolve(config.tftp_root, tail))
+    except NotRegular:
+        raise web.HTTPForbidden(reason=f"{tail} is not a file") from None
     except Refused as exc:
         raise web.HTTPForbidden(reason=f"{tail}: {exc}") from None
-    except Missing:
+    except (Missing, FileNotFoundError):
         raise web.HTTPNotFound(reason=f"{tail} not found") from None
-    if not path.is_file():
-        raise web.HTTPForbidden(reason=f"{tail} is not a file")
+    except OSError as exc:
+        raise web.HTTPForbidden(reason=f"{tail}: {exc.strerror}") from None
     rng = request.headers.get("Range")
     policy = request.app.get(POLICY)
     if policy is not None:  # the machine's recent activity (status page)
         policy.fetched(peer_address(request), "http",
                        f"{request.method} /{tail}" + (f" ({rng[:40]})" if rng else ""))
-    # FileResponse: sendfile(2), Range and If-Modified-Since, never the whole file in memory.
-    return web.FileResponse(path, chunk_size=256 * 1024)
+    return await send(request, tail, fd, st)
 
 
 def bearer(request: web.Request) -> str | None:

@@ -37,6 +37,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TOKEN = web.AppKey("api_token", str)
 NODE_ROUTES = {"/api/v1/nodes/{name}/transition", "/api/v1/nodes/{name}/self",
                "/api/v1/nodes/{name}/tasks", "/api/v1/nodes/{name}/tasks/{task}"}
+LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn (4096 by default since Linux 5.4)
 STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 400, DatabaseUnavailable: 503}
 
 
@@ -131,7 +132,10 @@ class HttpService:
 
     async def start(self) -> None:
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
+        # A rack powering on at once connects hundreds of clients in the same second: aiohttp's
+        # default backlog (128) drops their SYNs, and each retry costs a client 1 s and more.
+        self._site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True,
+                                 backlog=LISTEN_BACKLOG)
         try:
             await self._site.start()
         except OSError as exc:
