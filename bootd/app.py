@@ -122,7 +122,7 @@ def build_services(config: Config, repo: Repository) -> list[Service]:
         services.append(dhcp)
         if config.rogue.watch or config.rogue.probe_interval:
             services += [rogue, RogueWatcher(config, rogue)]
-    if config.ra.enabled and config.interfaces:  # router lifetime 0: iPXE stops waiting for IPv6
+    if config.ra.enabled and config.services.needs_interfaces:  # lifetime 0: iPXE stops waiting for IPv6
         services.append(RaService(config))
     if config.services.tftp:
         tftp = TftpService(config, policy, config.tftp_root, metrics=metrics)
