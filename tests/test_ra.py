@@ -183,8 +183,9 @@ class Rig:
         for host in (self.srv, self.cli):
             ipv6_on(host)
         self.config = tmp / "bootd.toml"
-        # interval: the maximum; the first unsolicited RAs still go out at most 16 s apart,
-        # so the solicitation below is answered well before another unsolicited one.
+        # TFTP on: RAs go out where bootd serves network boot. interval is the maximum; the
+        # first unsolicited RAs go out at most 16 s apart, so the solicitation below is
+        # answered well before another unsolicited one.
         self.config.write_text(textwrap.dedent(f"""\
             [server]
             admin_address = "{SERVER}"
@@ -192,7 +193,6 @@ class Rig:
             state_dir = "{tmp / 'state'}"
             [services]
             dhcp = false
-            tftp = false
             dns = false
             [http]
             listen = "{SERVER}:8080"
