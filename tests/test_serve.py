@@ -106,7 +106,7 @@ def test_serve_lifecycle(write_config: Any, notify: Notifications, tmp_path: Pat
     served = Served(config, _env(notify, WATCHDOG_USEC="200000"), port)
     try:
         ready = notify.wait_for("READY", "1")
-        assert ready["STATUS"] == "serving policy, lifecycle, http"
+        assert ready["STATUS"] == "serving policy, lifecycle, rollouts, http"
         assert ready["MAINPID"] == str(served.proc.pid)
         notify.wait_for("WATCHDOG", "1")
         notify.wait_for("WATCHDOG", "1")
