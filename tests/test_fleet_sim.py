@@ -3,10 +3,13 @@ templates, and a small fleet against a real bootd in the lab."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from ipaddress import IPv4Address
+from typing import Any
 
+import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO))
@@ -197,3 +200,34 @@ def test_client_kinds_are_what_bootd_classifies() -> None:
         packet = Machine(MAC, Timing())._packet(kind, MessageType.DISCOVER)
         assert classify(parse(build(packet))).firmware is firmware, kind
 
+
+
+# -- a small fleet against a real bootd in the lab (bench/fleet's own orchestration) -----------
+
+FAST = ["--kernel", "0.2", "--poll", "1", "--install", "1", "--reboot", "0.5", "--unknown-reboot", "2",
+        "--os-boot", "0.2", "--deadline", "120"]
+
+
+def fleet(*argv: str) -> tuple[dict[str, Any], argparse.Namespace]:
+    from bench.fleet.__main__ import parser, run
+    args = parser().parse_args([*argv, *FAST])
+    return run(args), args
+
+
+@pytest.mark.lab
+def test_fifty_machines_are_discovered_through_relays_despite_packet_loss() -> None:
+    result, _ = fleet("--machines", "50", "--racks", "3", "--loss", "0.02", "--spread", "1")
+    assert result["reached"]["discovered"] == 50 and result["unfinished"] == 0, result
+    assert result["inventory"] == {"nodes": 50, "states": {"discovered": 50}}, result
+    assert result["bootd_exit"] == 0
+    assert result["bootd"]["VmHWM"] > 0 and result["bootd"]["cpu_s"] > 0
+
+
+@pytest.mark.lab
+def test_a_fleet_walks_to_ready_in_waves() -> None:
+    result, _ = fleet("--machines", "10", "--racks", "2", "--until", "ready", "--max-global", "3",
+                      "--max-per-rack", "2", "--wave-wait", "1")
+    assert result["reached"]["ready"] == 10 and result["unfinished"] == 0, result
+    assert result["inventory"] == {"nodes": 10, "states": {"ready": 10}}, result
+    assert result["counts"].get("reidentified") == 10  # allocation rotated every token
+    assert result["bootd_exit"] == 0

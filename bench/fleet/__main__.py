@@ -126,23 +126,25 @@ def allocate(config: Path) -> None:
 
 
 def heavy_peak(db: Path) -> dict[str, int]:
-    """Most nodes in the heavy states at once, replaying the event log (by node id:
-    allocation renames nodes). Read-only, after the run."""
+    """Most nodes at once in the heavy states together and in each, replaying the event
+    log by node id (allocation renames nodes). Read-only, after the run."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         rows = con.execute("SELECT node_id, to_state FROM events WHERE kind = 'transition' "
                            "AND to_state IS NOT NULL ORDER BY id").fetchall()
     finally:
         con.close()
-    heavy: set[int] = set()
-    peak = 0
+    now: dict[str, set[int]] = {state: set() for state in HEAVY}
+    peaks = {"heavy_peak": 0, **{f"{state}_peak": 0 for state in HEAVY}}
     for node_id, to_state in rows:
-        if to_state in HEAVY:
-            heavy.add(node_id)
-        else:
-            heavy.discard(node_id)
-        peak = max(peak, len(heavy))
-    return {"heavy_peak": peak, "transitions": len(rows)}
+        for state, members in now.items():
+            if to_state == state:
+                members.add(node_id)
+            else:
+                members.discard(node_id)
+            peaks[f"{state}_peak"] = max(peaks[f"{state}_peak"], len(members))
+        peaks["heavy_peak"] = max(peaks["heavy_peak"], sum(len(m) for m in now.values()))
+    return {**peaks, "transitions": len(rows)}
 
 
 async def run_sim(client_ns: str, plan: dict[str, Any], config: Path, until: str) -> dict[str, Any]:
@@ -248,8 +250,10 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"inventory: {inv['nodes']} nodes ({', '.join(f'{k} {v}' for k, v in inv['states'].items())}); "
           f"lost {max(lost, 0)}, in problem {inv['states'].get('problem', 0)}")
     if r["until"] == "ready":
-        print(f"heavy states at once, peak (event log): {r['events']['heavy_peak']} "
-              f"(limit global {args.max_global}, per rack {args.max_per_rack})")
+        e = r["events"]
+        print(f"heavy states at once, peak (event log): {e['heavy_peak']} (hardware-installing "
+              f"{e['hardware-installing_peak']}, installing {e['installing_peak']}); "
+              f"[waves] max_global {args.max_global}, max_per_rack {args.max_per_rack}")
     print("machine counters: " + ", ".join(f"{k} {v}" for k, v in r["counts"].items()))
     print("transport: " + (", ".join(f"{k} {v}" for k, v in r["transport"].items()) or "clean"))
     print(f"outcomes: {r['outcomes']}, unfinished {r['unfinished']}; bootd exit {r['bootd_exit']}")
