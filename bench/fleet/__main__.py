@@ -179,6 +179,36 @@ async def run_sim(client_ns: str, plan: dict[str, Any], config: Path, until: str
     return dict(result)
 
 
+def start_profile(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling bootd (non-blocking: it does not stop bootd to read its stacks)."""
+    return subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid),
+                             "--rate", "50", "--nonblocking", "--format", "raw", "--output", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profile(spy: subprocess.Popen[bytes], out: Path, top: int = 15) -> dict[str, Any]:
+    """Where bootd spent its samples: the functions most often on the stack (inclusive)
+    and at its top (self), from py-spy's collapsed stacks."""
+    spy.send_signal(signal.SIGINT)
+    spy.wait(timeout=60)
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in out.read_text().splitlines() if out.exists() else []:
+        stack, _, count_text = line.rpartition(" ")
+        count = int(count_text)
+        frames = stack.split(";")
+        total += count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+
+    def best(table: dict[str, int]) -> list[tuple[str, float]]:
+        ranked = sorted(table.items(), key=lambda kv: -kv[1])[:top]
+        return [(frame, round(100 * n / total, 1)) for frame, n in ranked]
+    return {"samples": total, "inclusive": best(inclusive), "self": best(own)}
+
+
 def inventory(config: Path) -> dict[str, Any]:
     nodes = json.loads(bootd_cli(config, "nodes", "list", "--json"))["nodes"]
     states: dict[str, int] = {}
@@ -216,7 +246,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             notify.wait_for("READY", "1")
             before = proc_stats(proc.pid)
+            spy = start_profile(proc.pid, tmp / "profile.txt") if args.profile else None
             result = asyncio.run(run_sim(client.ns, plan, config, args.until))
+            if spy is not None:
+                result["profile"] = stop_profile(spy, tmp / "profile.txt")
             result["bootd"] = {k: round(v - before.get(k, 0.0) if k == "cpu_s" else v, 1)
                                for k, v in proc_stats(proc.pid).items()}
             result["inventory"] = inventory(config)
@@ -256,6 +289,14 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
               f"[waves] max_global {args.max_global}, max_per_rack {args.max_per_rack}")
     print("machine counters: " + ", ".join(f"{k} {v}" for k, v in r["counts"].items()))
     print("transport: " + (", ".join(f"{k} {v}" for k, v in r["transport"].items()) or "clean"))
+    if "profile" in r:
+        p = r["profile"]
+        print(f"bootd profile (py-spy, {p['samples']} samples); self %:")
+        for frame, pct in p["self"]:
+            print(f"  {pct:5.1f}  {frame}")
+        print("inclusive %:")
+        for frame, pct in p["inclusive"]:
+            print(f"  {pct:5.1f}  {frame}")
     print(f"outcomes: {r['outcomes']}, unfinished {r['unfinished']}; bootd exit {r['bootd_exit']}")
 
 
@@ -279,6 +320,7 @@ def parser() -> argparse.ArgumentParser:
                        help="firmware/software timing, seconds")
     p.add_argument("--dhcp-tries", type=int, default=d.dhcp_tries)
     p.add_argument("--json", action="store_true", help="print the result as JSON too")
+    p.add_argument("--profile", action="store_true", help="sample bootd with py-spy during the run")
     return p
 
 
