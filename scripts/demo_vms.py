@@ -3,12 +3,17 @@
     demo_vms.py --config DIR/bootd.toml --switch NS --dir DIR [--vms 2] [--check SECONDS]
 
 Starts the VMs (TCG, iPXE ROM, a disk holding only a boot sector) on taps in the
-lab's switch namespace, then plays the operator: allocates every discovered node
-to the `demo` profile (a miniature installer, bootd.images.testinstaller). When a
+lab's switch namespace, then plays the operator: once every VM is discovered, one
+command installs the rack, `bootd rollout start --all --profile demo
+--max-parallel 1` (the `demo` profile is a miniature installer,
+bootd.images.testinstaller), so the VMs take turns in the heavy states: the one
+waiting shows its place in the queue on its console. When a
 VM has booted its own disk (the boot sector's mark on its serial console), it
 reports `readying` and `ready` with the node's own callback URL, as an installed
 OS's first-boot script would. Prints each state change. With --check, exits 0
-once every VM is ready (1 on timeout); otherwise runs until SIGTERM/SIGINT.
+once every VM is ready and the nodes' event logs show at most one install slot
+held at any instant (1 otherwise, or on timeout); otherwise runs until
+SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from bootd.images.testinstaller import LOCAL_MARK, disk_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from netlab import add_tap, qemu_argv
+from waves_check import most_at_once, slot_intervals
 
 MEMORY_MB = 384
 
@@ -68,6 +74,7 @@ def main() -> int:
     seen: dict[str, str] = {}
     started = time.monotonic()
     code = 1
+    rollout_started = False
     try:
         while not stopping:
             nodes = {n["interfaces"][0]["mac"]: n for n in json.loads(bootd(args.config, "nodes", "list",
@@ -78,9 +85,7 @@ def main() -> int:
                     seen[mac] = node["state"]
                     elapsed = time.monotonic() - started
                     print(f"{elapsed:6.0f}s  {node['name']:20} {node['state']}", flush=True)
-                if node["state"] == "discovered":
-                    bootd(args.config, "nodes", "allocate", node["name"], "--profile", "demo")
-                elif node["state"] == "installed" and LOCAL_MARK.decode() in serial_of[mac].read_text(
+                if node["state"] == "installed" and LOCAL_MARK.decode() in serial_of[mac].read_text(
                         errors="replace"):
                     kickstart = bootd(args.config, "nodes", "render", node["name"], "kickstart")
                     m = re.search(r"'(http[^']*state=)installing'", kickstart)
@@ -89,9 +94,20 @@ def main() -> int:
                             subprocess.run(["ip", "netns", "exec", args.switch.replace("-sw", "-srv"),
                                             "curl", "-fsS", "-X", "POST", "-o", "/dev/null",
                                             m.group(1) + state], check=False, timeout=30)
+            if not rollout_started and len(nodes) == len(vms) and all(
+                    n["state"] == "discovered" for n in nodes.values()):
+                # The operator's one command for the whole rack; the VMs take turns.
+                print(bootd(args.config, "rollout", "start", "--all", "--profile", "demo",
+                            "--max-parallel", "1", "--no-wait").strip(), flush=True)
+                rollout_started = True
             if len(nodes) == len(vms) and all(n["state"] == "ready" for n in nodes.values()):
                 print(f"all {len(vms)} VMs ready after {time.monotonic() - started:.0f} s", flush=True)
-                code = 0
+                slots = [iv for name in sorted(n["name"] for n in nodes.values())
+                         for iv in slot_intervals(json.loads(bootd(args.config, "nodes", "events", name,
+                                                                   "--json"))["events"])]
+                most = most_at_once(slots)
+                print(f"install slots: {len(slots)} admitted, at most {most} at once", flush=True)
+                code = 0 if most <= 1 else 1
                 if args.check:
                     break
             if args.check and time.monotonic() - started > args.check:

@@ -4,6 +4,7 @@ two VMs PXE-boot from bootd and reach ready."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -23,6 +24,7 @@ def test_demo_check(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert "demo ok: healthz ok, 2 nodes ready via http://127.0.0.1:" in res.stdout, res.stdout
     assert "all 2 VMs ready" in res.stdout
+    assert re.search(r"install slots: [1-9]\d* admitted, at most 1 at once", res.stdout), res.stdout
     assert not [ns for ns in namespaces() if ns.startswith(f"{PREFIX}{tag}-")]
     log = (tmp_path / "bootd.log").read_text()
     assert "shutting down signal=SIGTERM" in log
