@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bootd.db import schema as t
@@ -60,6 +60,14 @@ class AdmissionFacts:
 Choose = Callable[[AdmissionFacts], Decision]
 
 
+@dataclass(frozen=True)
+class _Read:
+    facts: AdmissionFacts
+    mine: AdmissionRecord | None  # the asker's own live place for this slot
+    new_place: bool  # it has none, or its last was forgotten
+    gone: list[int]  # node ids whose rows hold nothing any more
+
+
 class AdmissionRows(Store):
     def __init__(self, store: Store) -> None:
         # The repository's sessions, dialect and clock: one engine, one pool.
@@ -73,47 +81,22 @@ class AdmissionRows(Store):
         async with self._tx(write=True) as s:
             if self._dialect == "postgresql":
                 await s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_ADMISSION_LOCK})
-            node = (await s.execute(
-                select(t.Node.id, t.Node.name, t.Node.state, t.Node.rack, t.Node.state_changed_at)
-                .where(t.Node.name == name.lower()))).first()
-            if node is None:
-                raise NotFound(f"no node named {name!r}")
-            node_id, node_name, state, rack, since = node
-            slot = slot_for(NodeState(state), heavy)
-            if slot is None:
+            read = await self._read(s, name, daemon, heavy, forget_after, now)
+            if read is None:
                 return None, Admit()
-            rollout = await self._active_rollout(s, node_id)
-            records = await self._records(s)
-            gone = [r.entry.node_id for r in records if not r.live]
-            if gone:  # left behind by a move that did not end them (a crash, an older bootd)
-                await s.execute(delete(t.Admission).where(t.Admission.node_id.in_(gone)))
-            live = [r for r in records if r.live]
-            mine = next((r for r in live if r.entry.node_id == node_id and r.slot is slot), None)
-            # A new place (first ask, or the last one was forgotten) or the one it keeps.
-            new_place = mine is None or (not mine.admitted and forgotten(mine.entry, now, forget_after))
-            if mine is None:
-                asker = Entry(node_id, node_name, rack, daemon, since, rollout, now)
-            elif mine.admitted:
-                asker = replace(mine.entry, asked_at=now)
-            else:
-                kept = requeued(mine.entry, now) if new_place else mine.entry
-                asker = replace(kept, rack=rack, daemon=daemon, rollout=rollout, asked_at=now)
-            others = [r for r in live if r.entry.node_id != node_id]
-            admitted = [r.entry for r in others if r.admitted]
-            if mine is not None and mine.admitted:
-                admitted.append(asker)
-            waiting = [r.entry for r in others if not r.admitted]
-            gates = await self._gates(s, {e.rollout for e in [asker, *admitted, *waiting]})
-            decision = choose(AdmissionFacts(asker, slot, admitted, waiting, gates))
-            row = await s.scalar(select(t.Admission).where(t.Admission.node_id == node_id))
+            if read.gone:  # left behind by a move that did not end them (a crash, an older bootd)
+                await s.execute(delete(t.Admission).where(t.Admission.node_id.in_(read.gone)))
+            facts, mine, asker, slot = read.facts, read.mine, read.facts.asker, read.facts.slot
+            decision = choose(facts)
+            row = await s.scalar(select(t.Admission).where(t.Admission.node_id == asker.node_id))
             if row is not None and (mine is None or row.state != slot.value):
                 await s.delete(row)  # a place for another slot: this ask starts a new one
                 await s.flush()
                 row = None
             if row is None:
-                row = t.Admission(node_id=node_id, state=slot.value, queued_at=now)
+                row = t.Admission(node_id=asker.node_id, state=slot.value, queued_at=now)
                 s.add(row)
-            elif new_place:
+            elif read.new_place:
                 row.queued_at = now
             row.rack, row.daemon, row.rollout_id = asker.rack, asker.daemon, asker.rollout
             row.allocated_at, row.asked_at = asker.allocated_at, now
@@ -121,14 +104,63 @@ class AdmissionRows(Store):
                 row.admitted_at = now
                 # In the node's log, so a wave's history can be read back (and checked: the
                 # multi-daemon lab replays these to count slots held at each instant).
-                s.add(t.Event(node_id=node_id, node_name=node_name, at=now, kind="admitted", from_state=None,
-                              to_state=None, actor=daemon, message=f"slot={slot.value}"))
+                s.add(t.Event(node_id=asker.node_id, node_name=asker.name, at=now, kind="admitted",
+                              from_state=None, to_state=None, actor=daemon, message=f"slot={slot.value}"))
             return asker, decision
+
+    async def _read(self, s: AsyncSession, name: str, daemon: str, heavy: Collection[NodeState],
+                    forget_after: float, now: datetime) -> _Read | None:
+        """The node and every place, as an ask at `now` sees them; None: no heavy state."""
+        node = (await s.execute(
+            select(t.Node.id, t.Node.name, t.Node.state, t.Node.rack, t.Node.state_changed_at)
+            .where(t.Node.name == name.lower()))).first()
+        if node is None:
+            raise NotFound(f"no node named {name!r}")
+        node_id, node_name, state, rack, since = node
+        slot = slot_for(NodeState(state), heavy)
+        if slot is None:
+            return None
+        rollout = await self._active_rollout(s, node_id)
+        records = await self._records(s)
+        live = [r for r in records if r.live]
+        mine = next((r for r in live if r.entry.node_id == node_id and r.slot is slot), None)
+        # A new place (first ask, or the last one was forgotten) or the one it keeps.
+        new_place = mine is None or (not mine.admitted and forgotten(mine.entry, now, forget_after))
+        if mine is None:
+            asker = Entry(node_id, node_name, rack, daemon, since, rollout, now)
+        elif mine.admitted:
+            asker = replace(mine.entry, asked_at=now)
+        else:
+            kept = requeued(mine.entry, now) if new_place else mine.entry
+            asker = replace(kept, rack=rack, daemon=daemon, rollout=rollout, asked_at=now)
+        others = [r for r in live if r.entry.node_id != node_id]
+        admitted = [r.entry for r in others if r.admitted]
+        if mine is not None and mine.admitted:
+            admitted.append(asker)
+        waiting = [r.entry for r in others if not r.admitted]
+        gates = await self._gates(s, {e.rollout for e in [asker, *admitted, *waiting]})
+        return _Read(AdmissionFacts(asker, slot, admitted, waiting, gates), mine, new_place,
+                     [r.entry.node_id for r in records if not r.live])
 
     async def admission_rows(self) -> list[AdmissionRecord]:
         """Every place with its node's state now (live or not: see AdmissionRecord.live)."""
         async with self._tx(write=False) as s:
             return await self._records(s)
+
+    async def board(self) -> tuple[list[AdmissionRecord], dict[int, RolloutGate]]:
+        """Every place and the gates of their rollouts, in one read (no lock): what a
+        waiting node's repeated ask is answered from (bootd.fleet.admission)."""
+        async with self._tx(write=False) as s:
+            records = await self._records(s)
+            return records, await self._gates(s, {r.entry.rollout for r in records})
+
+    async def touch(self, node_id: int, slot: NodeState, now: datetime) -> None:
+        """A waiting node asked again: its stored ask, so it is not forgotten. One row,
+        no lock: it changes no count."""
+        async with self._tx(write=True) as s:
+            await s.execute(update(t.Admission).where(
+                t.Admission.node_id == node_id, t.Admission.state == slot.value,
+                t.Admission.admitted_at.is_(None)).values(asked_at=now))
 
     async def rollout_gates(self, ids: Iterable[int | None]) -> dict[int, RolloutGate]:
         async with self._tx(write=False) as s:
@@ -137,12 +169,16 @@ class AdmissionRows(Store):
     # -- reads inside a transaction ----------------------------------------------------
 
     async def _records(self, s: AsyncSession) -> list[AdmissionRecord]:
+        # Columns, not ORM objects: a waiting fleet of 1,000 is read on every ask.
+        a = t.Admission
         rows = await s.execute(
-            select(t.Admission, t.Node.name, t.Node.state).join(t.Node, t.Admission.node_id == t.Node.id)
-            .order_by(t.Admission.id))
-        return [AdmissionRecord(
-            Entry(a.node_id, name, a.rack, a.daemon, a.allocated_at, a.rollout_id, a.asked_at),
-            NodeState(a.state), NodeState(state), a.queued_at, a.admitted_at) for a, name, state in rows]
+            select(a.node_id, t.Node.name, a.rack, a.daemon, a.allocated_at, a.rollout_id, a.asked_at,
+                   a.state, t.Node.state, a.queued_at, a.admitted_at)
+            .join(t.Node, a.node_id == t.Node.id).order_by(a.id))
+        return [AdmissionRecord(Entry(node_id, name, rack, daemon, allocated, rollout, asked),
+                                NodeState(slot), NodeState(state), queued, admitted)
+                for node_id, name, rack, daemon, allocated, rollout, asked, slot, state, queued, admitted
+                in rows]
 
     async def _active_rollout(self, s: AsyncSession, node_id: int) -> int | None:
         return await s.scalar(

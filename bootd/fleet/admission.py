@@ -7,27 +7,36 @@ that goes to the database is one short transaction under the admission lock
 (bootd.db.admissions), so the limits hold across daemons sharing one PostgreSQL:
 the lock and the counts are in the database, not here.
 
-What is kept in memory is only a shortcut: nodes this daemon admitted, by slot,
-so that the second and later fetches of an admitted node (its script again, a
-pxelinux config after the iPXE one) cost no transaction. The first decision
-always goes to the database; a cached admission is dropped when the change feed
-reports the node changed (a move, a retry: a retry's fresh boot must queue
-again), and after CACHE_SECONDS anyway, for changes made by another daemon.
+What is kept in memory are shortcuts that never hand out a slot:
+- nodes this daemon admitted, by slot, so that the second and later fetches of an
+  admitted node (its script again, a pxelinux config after the iPXE one) cost no
+  transaction. The first decision always goes to the database; a cached admission
+  is dropped when the change feed reports the node changed (a move, a retry: a
+  retry's fresh boot must queue again), and after CACHE_SECONDS anyway, for
+  changes made by another daemon;
+- the board: every place, read at most once a second (BOARD_SECONDS) and dropped
+  on a change of a node on it. A waiting node asking again is told to wait from
+  it when it still has to; when the board says it may go, the locked transaction
+  decides. Its stored ask is refreshed every forget_after/2 s by a one-row update.
+  Measured on SQLite with 1,000 waiting nodes: a locked ask reads every place
+  (~30 ms of CPU); an answer from the board costs well under a millisecond.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 
 from bootd.config import Config
 from bootd.db.admissions import AdmissionFacts, AdmissionRows
 from bootd.db.store import Store, utcnow
 from bootd.feed import ChangeFeed, NodeChanged
 from bootd.model.admission import (
+    AdmissionRecord,
     Admit,
     Decision,
     Limit,
@@ -44,6 +53,18 @@ from bootd.render import render
 WAIT_TEMPLATES = {"ipxe": "ipxe-wait.j2", "pxelinux": "pxelinux-wait.cfg.j2", "grub": "grub-wait.cfg.j2"}
 CACHE_SECONDS = 60.0  # a cached admission is checked against the database again after this
 CACHE_MAX = 100_000   # nodes; far above any limit's worth of admitted nodes
+# A waiting node's repeated ask is answered from a board of every place read at most
+# this often: 1,000 waiting nodes asking every 15 s would otherwise read 1,000 rows
+# 66 times a second. Staler by this much at most: a slot freed meanwhile waits one ask.
+BOARD_SECONDS = 1.0
+
+
+@dataclass
+class _Board:
+    waiting: dict[str, AdmissionRecord]  # by node name
+    answers: dict[str, Decision]  # what each waiting node would be answered now
+    names: frozenset[str]  # every node on it, admitted or waiting
+    until: float  # monotonic
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,13 +105,19 @@ class Admissions:
         self._rows = AdmissionRows(repo)
         self._clock, self._monotonic = clock, monotonic
         self._admitted: dict[str, tuple[NodeState, float]] = {}  # name -> (slot, cached until)
-        self.asks = 0  # transactions made (tests and the bench read it)
+        self._board_cache: _Board | None = None
+        self._loading: asyncio.Future[_Board] | None = None
+        self._generation = 0  # bumped by every change seen: a board read before it is stale
+        # Counters (tests and the bench read them): locked transactions, stored asks, board reads.
+        self.asks = self.touches = self.board_reads = 0
         if feed is not None:
             feed.subscribe(self._on_change)
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
         self._admitted.clear()  # new limits or states: decide again
+        self._generation += 1
+        self._board_cache = None
 
     @property
     def limits(self) -> Limits:
@@ -110,28 +137,84 @@ class Admissions:
     async def ask(self, name: str, state: NodeState | None = None, *, daemon: str | None = None,
                   now: datetime | None = None) -> Decision:
         """Node `name` (believed to be in `state`) boots: may it go on? A node this daemon
-        admitted lately is answered from memory; every other ask is one transaction."""
+        admitted lately is answered from memory; a waiting node asking again, from the
+        board when it still has to wait; anything else is one locked transaction."""
         if state is not None and self.holds(name, state):
             return Admit()
         w, limits = self.config.waves, self.limits
         when = now if now is not None else self._clock()
+        slot = None if state is None else self.slot(state)
+        if slot is not None and daemon is None:
+            waiting = await self._from_board(name, slot, when)
+            if waiting is not None:
+                return waiting
 
         def choose(facts: AdmissionFacts) -> Decision:
             return decide(facts.asker, facts.admitted, facts.waiting, limits, facts.gates, when,
                           w.forget_after)
 
         self.asks += 1
+        self._generation += 1  # this ask writes: the board is stale
+        self._board_cache = None
         _, decision = await self._rows.admit(name, daemon or self.config.daemon_id, w.states,
                                              w.forget_after, choose, when)
-        if isinstance(decision, Admit) and state is not None and self.slot(state) is not None:
+        if isinstance(decision, Admit) and slot is not None:
             if len(self._admitted) >= CACHE_MAX:
                 self._admitted.clear()
-            slot = self.slot(state)
-            assert slot is not None
             self._admitted[name] = (slot, self._monotonic() + CACHE_SECONDS)
         return decision
 
+    async def _from_board(self, name: str, slot: NodeState, now: datetime) -> Wait | None:
+        """A waiting node's next ask, answered from the board when it still waits; its
+        stored ask is refreshed every forget_after/2 s (the config keeps forget_after
+        above twice the wait, so a node that keeps asking is never forgotten). None:
+        the locked path decides (no place yet, a lost place, a slot it may take)."""
+        board = await self._board()
+        mine = board.waiting.get(name)
+        forget_after = self.config.waves.forget_after
+        if mine is None or mine.slot is not slot or forgotten(mine.entry, now, forget_after):
+            return None
+        decision = board.answers.get(name)
+        if not isinstance(decision, Wait):
+            return None
+        stored = mine.entry.asked_at
+        if stored is None or now - stored >= timedelta(seconds=forget_after / 2):
+            self.touches += 1
+            await self._rows.touch(mine.entry.node_id, slot, now)
+            board.waiting[name] = replace(mine, entry=replace(mine.entry, asked_at=now))
+        return decision
+
+    async def _board(self) -> _Board:
+        """Every place, read at most once per BOARD_SECONDS (concurrent asks share one
+        read) and dropped on every change this daemon sees."""
+        board = self._board_cache
+        if board is not None and self._monotonic() < board.until:
+            return board
+        if self._loading is None or self._loading.done():
+            self._loading = asyncio.ensure_future(self._load_board(self._generation))
+        return await asyncio.shield(self._loading)
+
+    async def _load_board(self, generation: int) -> _Board:
+        records, gates = await self._rows.board()
+        live = [r for r in records if r.live]
+        admitted = [r.entry for r in live if r.admitted]
+        waiting = {r.entry.name: r for r in live if not r.admitted}
+        # Every waiting node's answer in one pass (what `decide` answers each of them).
+        answers = {e.name: d for e, d in places(admitted, [r.entry for r in waiting.values()], self.limits,
+                                                 gates, self._clock(), self.config.waves.forget_after)}
+        names = frozenset(waiting) | {e.name for e in admitted}
+        board = _Board(waiting, answers, names, self._monotonic() + BOARD_SECONDS)
+        if generation == self._generation:  # else a change came in meanwhile: use it once only
+            self._board_cache = board
+        self.board_reads += 1
+        return board
+
     def _on_change(self, change: NodeChanged) -> None:
+        self._generation += 1  # a board being read now is used once, not kept
+        board = self._board_cache
+        # Only a change of a node on the board changes an answer (a slot freed, a place left).
+        if board is not None and (change.node.name in board.names or change.old_name in board.names):
+            self._board_cache = None
         self._admitted.pop(change.node.name, None)
         if change.old_name is not None:
             self._admitted.pop(change.old_name, None)
