@@ -178,7 +178,7 @@ def fetch_script(tmp: Path, row: Row, port: int) -> str:
         conf.write_text(f'url = "{url}"\noutput = "/dev/null"\n' * share)
         at_once = math.ceil(row.parallel / procs)
         lines.append(f"curl -s --no-progress-meter --parallel --parallel-immediate --parallel-max {at_once} "
-                     f"-w '%{{http_code}} %{{size_download}}\\n' -K {conf} > {tmp}/out-{p} &")
+                     f"-w '%{{http_code}} %{{size_download}} %{{time_total}}\\n' -K {conf} > {tmp}/out-{p} &")
     return ("start=$(date +%s%N)\n" + "\n".join(lines) + "\nwait\nend=$(date +%s%N)\n"
             f"cat {tmp}/out-*\necho $((end - start))\n")
 
@@ -219,10 +219,15 @@ def run_row(client: Any, tmp: Path, row: Row, size: int, port: int, pgrp: int) -
     cpu = server_cpu(pgrp) - cpu
     lines = res.stdout.strip().splitlines()
     seconds = int(lines[-1]) / 1e9
-    ok = sum(1 for line in lines[:-1] if line == f"200 {size}")
+    transfers = [line.split() for line in lines[:-1]]
+    ok = sum(1 for t in transfers if t[:2] == ["200", str(size)])
     failed = row.count - ok
     if failed:
         print(f"  {failed} failed; curl said: {res.stderr.strip()[-300:]}", file=sys.stderr)
+    times = sorted(float(t[2]) for t in transfers)
+    if times and times[-1] > 3 * times[len(times) // 2]:  # a straggler sets the row's wall time
+        print(f"  {row.label} on port {port}: transfer times median {times[len(times) // 2]:.2f} s, "
+              f"slowest {times[-1]:.2f} s", file=sys.stderr)
     return ok * size / seconds / 1e6, failed, cpu / (max(ok, 1) * size / 1e9)
 
 
