@@ -22,6 +22,7 @@ from bootd.db.rollouts import RolloutRows
 from bootd.feed import ChangeFeed
 from bootd.fleet.admission import Admissions
 from bootd.fleet.findings import Findings
+from bootd.fleet.notices import sending
 from bootd.fleet.rollout import Rollouts
 from bootd.inventory import Inventory
 from bootd.keys import SecretBox
@@ -56,6 +57,9 @@ async def open_backend(config: Config) -> AsyncIterator[Backend]:
     """Open (and migrate) the config's database and build the services; dispose after."""
     engine = await open_database(config.database_url)
     try:
-        yield build_backend(config, Repository(engine, SecretBox.from_file(config.secret_key_file)))
+        repo = Repository(engine, SecretBox.from_file(config.secret_key_file))
+        backend = build_backend(config, repo)
+        async with sending(config, repo, backend.feed):  # PostgreSQL: tell the daemons
+            yield backend
     finally:
         await engine.dispose()

@@ -23,7 +23,7 @@ from bootd.db.engine import open_database
 from bootd.db.notify import Notice
 from bootd.db.repository import Repository
 from bootd.feed import ChangeFeed, NodeChanged
-from bootd.fleet.notices import ChangeNotices, change_notices
+from bootd.fleet.notices import ChangeNotices, change_notices, sending
 from bootd.keys import SecretBox
 from bootd.lifecycle import Lifecycle
 from bootd.model.records import NewNode
@@ -117,3 +117,15 @@ def test_notice_payload_round_trip_and_foreign_payloads() -> None:
 def test_no_notices_service_on_sqlite(tmp_path: Path) -> None:
     config: Config = parse_config(loopback_config(tmp_path / "state", 8080))
     assert change_notices(config, Repository.__new__(Repository), ChangeFeed()) == []
+
+
+async def test_a_cli_process_sends_its_changes_too(two: tuple[Side, Side], postgres_server: str) -> None:
+    """`sending` (what bootd/backend.py's open_backend wraps a CLI command in): no listener,
+    its changes still reach a daemon's feed, the last one flushed on the way out."""
+    a, b = two
+    cli_feed = ChangeFeed()
+    cli = Lifecycle(a.notices.config, a.lifecycle._repo, feed=cli_feed)
+    async with sending(a.notices.config, a.lifecycle._repo, cli_feed):
+        await cli.add(NewNode("cli-made", ("52:54:00:00:0c:01",)), actor="cli")
+    await until(lambda: [c for c in remote(b) if c.node.name == "cli-made"], "the CLI's add on b's feed")
+    assert [c.node.name for c in remote(a)] == ["cli-made"]  # a daemon too: it hears the CLI

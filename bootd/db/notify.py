@@ -56,7 +56,8 @@ def asyncpg_dsn(database_url: str) -> str:
 class NoticeChannel:
     """One LISTENing connection; `on_notice` runs on the event loop for each notice of another backend."""
 
-    def __init__(self, database_url: str, on_notice: Callable[[Notice], None]) -> None:
+    def __init__(self, database_url: str, on_notice: Callable[[Notice], None] | None) -> None:
+        """`on_notice` None: send only (a CLI process has nobody to tell)."""
         self._dsn = asyncpg_dsn(database_url)
         self._on_notice = on_notice
         self._conn: Any = None  # asyncpg.Connection
@@ -69,7 +70,8 @@ class NoticeChannel:
     async def connect(self) -> None:
         try:
             conn = await asyncpg.connect(self._dsn, timeout=10)
-            await conn.add_listener(CHANNEL, self._received)
+            if self._on_notice is not None:
+                await conn.add_listener(CHANNEL, self._received)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             raise DatabaseUnavailable(f"cannot listen for change notices: {type(exc).__name__}: {exc}"
                                       ) from None
@@ -79,7 +81,7 @@ class NoticeChannel:
         if pid == self._pid:
             return  # our own notice, already published here
         notice = Notice.parse(payload)
-        if notice is not None:
+        if notice is not None and self._on_notice is not None:
             self._on_notice(notice)
 
     async def send(self, notices: Sequence[Notice]) -> None:

@@ -10,7 +10,8 @@ stream, DNS zone and policy directory move at once instead of at their next
 stamp poll. Remote events are never sent on again (no echo between daemons).
 
 SQLite has one daemon per file: the service is not made there, and the CLI's
-writes reach the daemon through the stamp polls as before. A lost connection
+writes reach the daemon through the stamp polls as before. On PostgreSQL the
+CLI sends its changes too (`sending`, used by bootd/backend.py). A lost connection
 is retried every RETRY seconds; notices missed meanwhile are caught up by
 those same polls.
 """
@@ -18,8 +19,10 @@ those same polls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -51,10 +54,10 @@ def _gone(name: str) -> NodeRecord:
 class ChangeNotices:
     name = "notices"
 
-    def __init__(self, config: Config, nodes: Nodes, feed: ChangeFeed) -> None:
+    def __init__(self, config: Config, nodes: Nodes, feed: ChangeFeed, *, listen: bool = True) -> None:
         self.config = config
         self._nodes, self._feed = nodes, feed
-        self._channel = NoticeChannel(config.database_url, self._incoming)
+        self._channel = NoticeChannel(config.database_url, self._incoming if listen else None)
         self._out: list[Notice] = []
         self._in: dict[str, Notice] = {}
         self._wake = asyncio.Event()
@@ -92,7 +95,10 @@ class ChangeNotices:
                     await asyncio.sleep(RETRY)
                     continue
             try:
-                await asyncio.wait_for(self._wake.wait(), RETRY)
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that
+                # arrives as the wait completes (seen: a CLI's `sending` never ended).
+                async with asyncio.timeout(RETRY):
+                    await self._wake.wait()
             except TimeoutError:
                 continue  # look at the connection again
             self._wake.clear()
@@ -137,6 +143,27 @@ class ChangeNotices:
 
     def reconfigure(self, config: Config) -> None:
         self.config = config  # database_url needs a restart
+
+
+@asynccontextmanager
+async def sending(config: Config, nodes: Nodes, feed: ChangeFeed) -> AsyncIterator[None]:
+    """For a process that is not a daemon (the CLI, bootd/backend.py) on PostgreSQL: its
+    changes go out as notices too, so every daemon's status page and DNS follow a
+    `bootd rollout start` or `bootd nodes allocate` at once (their polls lag up to a
+    minute). Send only; the last notices are flushed on the way out."""
+    if not config.database_url.startswith("postgresql"):
+        yield
+        return
+    notices = ChangeNotices(config, nodes, feed, listen=False)
+    await notices.start()
+    task = asyncio.create_task(notices.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await notices.stop()
 
 
 def change_notices(config: Config, nodes: Nodes, feed: ChangeFeed) -> list[Service]:
