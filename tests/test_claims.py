@@ -165,6 +165,26 @@ async def test_heartbeat_that_finds_its_claim_taken_stops_the_daemon(tmp_path: P
         await service.beat()
 
 
+async def test_a_reload_claims_added_subnets_and_releases_dropped_ones(tmp_path: Path,
+                                                                      rows: tuple[ClaimRows, Clock]) -> None:
+    from bootd.config import load_config
+
+    store, _ = rows
+    db = "sqlite+aiosqlite:///unused.db"
+    service = SubnetClaims(load_config(_config(tmp_path, "admin-1", db)), store)
+    await service.start()
+    # admin-2 holds 198.19.3.0/24; the reload asks for it too: refused (logged), the rest done.
+    assert (await store.sync("admin-2", A2, [IPv4Network("198.19.3.0/24")])).ok
+    service.reconfigure(load_config(_config(tmp_path, "admin-1", db,
+                                            subnets=("198.19.2.0/24", "198.19.3.0/24"))))
+    await service.beat()
+    assert service.held == {NET2}
+    assert {(c.cidr, c.daemon) for c in await store.claims()} == {
+        (NET2, "admin-1"), (IPv4Network("198.19.3.0/24"), "admin-2")}
+    await service.stop()
+    assert [c.daemon for c in await store.claims()] == ["admin-2"]
+
+
 class _Idle:
     name = "idle"
 
