@@ -313,6 +313,9 @@ def test_one_rollout_over_both_racks_holds_the_global_limit(multi: MultiLab) -> 
             out, _ = sim.communicate(timeout=WAIT)
             results[n] = json.loads(out.strip().splitlines()[-1])["result"]
         assert all(r["all_reached"] for r in results.values()), results
+        for n, r in results.items():  # figures for the reader (-s), never asserted on
+            print(f"rack {n}: first DISCOVER to all ready {r['first_discover_to_all']} s, "
+                  f"p50 {r['to_goal_p50']} s, waits {r['counts'].get('waits', 0)}")
     finally:
         for sim in sims.values():
             if sim.poll() is None:
