@@ -38,6 +38,7 @@ from bootd.service import Service
 log = logging.getLogger("bootd.notices")
 RETRY = 5.0
 BATCH = 500  # nodes read per query when notices pile up
+PENDING = 10_000  # notices kept to send while PostgreSQL is away; past it, the others' polls catch up
 
 
 class Nodes(Protocol):
@@ -63,10 +64,13 @@ class ChangeNotices:
         self._wake = asyncio.Event()
         self._relaying = False
         self._unsubscribe = feed.subscribe(self._outgoing)
-        self.sent = self.received = 0
+        self.sent = self.received = self.dropped = 0
 
     def _outgoing(self, change: NodeChanged) -> None:
         if self._relaying or change.remote:
+            return
+        if len(self._out) >= PENDING:
+            self.dropped += 1
             return
         self._out.append(Notice(change.node.name, change.kind, change.old_name))
         self._wake.set()
