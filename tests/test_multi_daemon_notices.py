@@ -129,3 +129,27 @@ async def test_a_cli_process_sends_its_changes_too(two: tuple[Side, Side], postg
         await cli.add(NewNode("cli-made", ("52:54:00:00:0c:01",)), actor="cli")
     await until(lambda: [c for c in remote(b) if c.node.name == "cli-made"], "the CLI's add on b's feed")
     assert [c.node.name for c in remote(a)] == ["cli-made"]  # a daemon too: it hears the CLI
+
+
+async def test_a_lost_notice_connection_comes_back(two: tuple[Side, Side], postgres_server: str) -> None:
+    """PostgreSQL drops both daemons' notice connections (a restart, an admin's kill): each
+    connects again within RETRY seconds and changes flow as before."""
+    import asyncpg
+
+    from bootd.db.notify import APPLICATION_NAME, asyncpg_dsn
+
+    a, b = two
+    conn = await asyncpg.connect(asyncpg_dsn(a.notices.config.database_url))
+    count = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
+    try:
+        assert await conn.fetchval(count, APPLICATION_NAME) == 2
+        await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE application_name = $1", APPLICATION_NAME)
+        for _ in range(300):  # bounded: RETRY (5 s) and a connect
+            if await conn.fetchval(count, APPLICATION_NAME) == 2:
+                break
+            await asyncio.sleep(0.1)
+        await a.lifecycle.add(NewNode("after-drop", ("52:54:00:00:0d:01",)), actor="test")
+        await until(lambda: [c for c in remote(b) if c.node.name == "after-drop"], "a change after the drop")
+    finally:
+        await conn.close()

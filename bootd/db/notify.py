@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from bootd.errors import DatabaseUnavailable
 
 CHANNEL = "bootd_changes"
+APPLICATION_NAME = "bootd-notices"  # how these connections show in pg_stat_activity
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +70,8 @@ class NoticeChannel:
 
     async def connect(self) -> None:
         try:
-            conn = await asyncpg.connect(self._dsn, timeout=10)
+            conn = await asyncpg.connect(self._dsn, timeout=10,
+                                         server_settings={"application_name": APPLICATION_NAME})
             if self._on_notice is not None:
                 await conn.add_listener(CHANNEL, self._received)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
