@@ -198,3 +198,36 @@ def test_an_idle_transfer_ends_within_retries_times_the_longest_timeout() -> Non
         actions = s.timeout(now)
     assert now <= (limits.retries + 1) * max(limits.timeout, limits.max_timeout)
     assert now == 6.0
+
+
+def _state(s: ReadSession) -> tuple[int, int, int, int, bool, bool, int]:
+    return s.acked, s.sent, s.retries, s.last_block, s.finished, s.complete, s.bytes_sent
+
+
+@given(size=st.integers(0, 5000), blksize=st.sampled_from(["8", "512", "1468"]),
+       windowsize=st.sampled_from([None, "1", "4"]), oack=st.booleans(),
+       acks=st.lists(st.integers(0, 0xFFFF), max_size=40), timeouts=st.sets(st.integers(0, 40)))
+def test_next_data_fast_path_matches_ack(size: int, blksize: str, windowsize: str | None, oack: bool,
+                                         acks: list[int], timeouts: set[int]) -> None:
+    """The lockstep hot path moves the session exactly as ack() does, or declines and changes nothing."""
+    options = {"blksize": blksize} if oack else {}
+    if windowsize:
+        options["windowsize"] = windowsize
+    content = bytes(i % 251 for i in range(size))
+    fast, slow = ReadSession(rrq(options), content), ReadSession(rrq(options), content)
+    fast.start(0.0)
+    slow.start(0.0)
+    # Mostly in-order ACKs (the case the fast path takes), with arbitrary ones and timeouts mixed in.
+    for i, arbitrary in enumerate(acks):
+        block = (slow.sent & 0xFFFF) if i % 3 else arbitrary
+        if i in timeouts:
+            assert fast.timeout(1.0) == slow.timeout(1.0)
+        expected = slow.ack(block, 2.0)
+        before = _state(fast)
+        got = fast.next_data(block)
+        if got is None:
+            assert _state(fast) == before
+            assert fast.ack(block, 2.0) == expected
+        else:
+            assert expected == [Send(got), ArmTimer(2.0 + fast.timeout_s)]
+        assert _state(fast) == _state(slow)

@@ -48,7 +48,7 @@ from bootd.tftp.cache import FileCache, TooLarge, netascii
 from bootd.tftp.intake import Accept, Refuse, examine
 from bootd.tftp.refusals import LineBudget, Reason, RefusalLog
 from bootd.tftp.session import MAX_BLKSIZE, Done, Limits, ReadSession
-from bootd.tftp.transfer import TFTP_OVERHEAD, Transfer, transfer_socket
+from bootd.tftp.transfer import TFTP_OVERHEAD, Pump, Transfer, transfer_socket
 
 log = logging.getLogger("bootd.tftp")
 STALE_REQUEST_WINDOW = 2.0  # seconds: the same request from the same port right after completing
@@ -84,6 +84,7 @@ class TftpService:
         self.port = config.tftp.port
         self.files = FileCache(root or config.tftp_root, config.tftp.cache_mb << 20)
         self._listeners: list[asyncio.DatagramTransport] = []
+        self._pump: Pump | None = None  # made in start(): it needs the running loop
         self.transfers: dict[Peer, Transfer] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: set[Peer] = set()  # peers whose file is being loaded
@@ -110,6 +111,7 @@ class TftpService:
     async def start(self) -> None:
         _raise_file_limit()
         loop = asyncio.get_running_loop()
+        self._pump = Pump()
         addresses = self.addresses()
         for address in addresses:
             try:
@@ -132,6 +134,9 @@ class TftpService:
             transfer.stop("server stopping")
         for task in list(self._tasks):
             task.cancel()
+        if self._pump is not None:
+            self._pump.close()
+            self._pump = None
         log.info("stopped", extra=kv(**self.counters))
 
     def reconfigure(self, config: Config) -> None:
@@ -217,7 +222,10 @@ class TftpService:
         limits = Limits(max_blksize=max(512, min(t.max_blksize, mtu - TFTP_OVERHEAD, MAX_BLKSIZE)),
                         max_windowsize=t.max_windowsize, timeout=t.timeout, retries=t.retries,
                         max_timeout=t.max_timeout)
-        transfer = Transfer(self, sock, peer, path.text, ReadSession(req, content, limits), raw)
+        if self._pump is None:
+            sock.close()
+            return False  # stopped while the file loaded
+        transfer = Transfer(self, self._pump, sock, peer, path.text, ReadSession(req, content, limits), raw)
         self.transfers[peer] = transfer
         self.counters["started"] += 1
         transfer.start()
