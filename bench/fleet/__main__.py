@@ -199,7 +199,7 @@ def stop_profile(spy: subprocess.Popen[bytes], out: Path, top: int = 15) -> dict
         count = int(count_text)
         frames = stack.split(";")
         total += count
-        for frame in set(frames):
+        for frame in {f for f in frames if "bootd/" in f}:  # bootd's own frames, not the loop's
             inclusive[frame] = inclusive.get(frame, 0) + count
         own[frames[-1]] = own.get(frames[-1], 0) + count
 
@@ -270,7 +270,8 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
           f"spread {args.spread}s; bootd on core {SERVER_CORE}, simulator on core {CLIENT_CORE}")
     print("reached: " + ", ".join(f"{k} {v}" for k, v in r["reached"].items()))
     print(f"first DISCOVER to all {r['until']}: {r['first_discover_to_all']} s "
-          f"(per machine p50 {r['to_goal_p50']} s, p99 {r['to_goal_p99']} s); wall {r['wall']} s")
+          f"(to the last that got there: {r['first_discover_to_last']} s) "
+          f"per machine p50 {r['to_goal_p50']} s, p99 {r['to_goal_p99']} s; wall {r['wall']} s")
     print(f"{'state':20} {'n':>6} {'p50 s':>8} {'p99 s':>8} {'mean s':>8}")
     for state, s in r["per_state"].items():
         print(f"{state:20} {s['n']:6d} {s['p50']:8.2f} {s['p99']:8.2f} {s['mean']:8.2f}")
@@ -279,9 +280,12 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
           f"CPU {b.get('cpu_s', 0):.1f} s; simulator CPU {r['sim_cpu']} s, "
           f"{r['http_requests']} HTTP requests")
     inv = r["inventory"]
-    lost = n - inv["nodes"]
+    # A machine that reached `discovered` is in the inventory unless bootd lost it; one
+    # that never did may simply not have been recorded yet (it keeps rebooting).
+    lost = max(r["reached"].get("discovered", 0) - inv["nodes"], 0)
     print(f"inventory: {inv['nodes']} nodes ({', '.join(f'{k} {v}' for k, v in inv['states'].items())}); "
-          f"lost {max(lost, 0)}, in problem {inv['states'].get('problem', 0)}")
+          f"lost {lost}, never recorded {max(n - inv['nodes'], 0)}, "
+          f"in problem {inv['states'].get('problem', 0)}")
     if r["until"] == "ready":
         e = r["events"]
         print(f"heavy states at once, peak (event log): {e['heavy_peak']} (hardware-installing "

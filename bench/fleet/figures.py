@@ -54,7 +54,10 @@ def summary(machines: Sequence[Machine], until: NodeState) -> dict[str, object]:
         "until": until.value,
         "reached": reached,
         "all_reached": len(goal) == len(machines),
-        "first_discover_to_all": round(max(goal) - min(firsts), 2) if goal and firsts else None,
+        # None unless every machine got there; then the last one that did, for a partial run.
+        "first_discover_to_all": round(max(goal) - min(firsts), 2) if goal and firsts
+        and len(goal) == len(machines) else None,
+        "first_discover_to_last": round(max(goal) - min(firsts), 2) if goal and firsts else None,
         "to_goal_p50": round(percentile(to_goal, 0.5), 3) if to_goal else None,
         "to_goal_p99": round(percentile(to_goal, 0.99), 3) if to_goal else None,
         "per_state": {s: {"n": len(v), "p50": round(percentile(v, 0.5), 3),
