@@ -236,6 +236,11 @@ def dhcp_families(dhcp: DhcpSource) -> Iterable[Metric]:
     for reason, n in _prefixed(c, "dropped-"):
         dropped.add_metric([reason], n)
     yield dropped
+    shed = CounterMetricFamily("bootd_dhcp_packets_shed", "DHCP packets left unanswered under overload "
+                               "(waited too long, or the backlog was full), by reason", labels=["reason"])
+    for reason, n in _prefixed(c, "shed-"):
+        shed.add_metric([reason], n)
+    yield shed
     verdicts = CounterMetricFamily("bootd_dhcp_decisions", "DHCP decisions, by verdict", labels=["verdict"])
     for verdict in Verdict:
         verdicts.add_metric([verdict.value], c.get(verdict.value, 0))

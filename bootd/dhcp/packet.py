@@ -67,6 +67,26 @@ class Packet:
         return bool(self.flags & BROADCAST_FLAG)
 
 
+_DISCOVER_FIRST = bytes((Opt.MESSAGE_TYPE, 1, MessageType.DISCOVER))
+
+
+def is_discover(data: bytes) -> bool:
+    """Cheaply, before parsing: is this a DISCOVER? (For the receive backlog's lanes.)
+    Clients put option 53 first; otherwise the options field is scanned. Anything
+    unreadable counts as a DISCOVER: the lane that is shed first."""
+    if data[HEADER_SIZE : HEADER_SIZE + 3] == _DISCOVER_FIRST:
+        return True
+    if data[HEADER_SIZE : HEADER_SIZE + 2] == _DISCOVER_FIRST[:2]:
+        return False  # message type first, and not DISCOVER
+    try:
+        for code, value in parse_tlvs(data[HEADER_SIZE:], "options"):
+            if code == Opt.MESSAGE_TYPE:
+                return value == _DISCOVER_FIRST[2:]
+    except MalformedPacket:
+        return True
+    return True
+
+
 def _cstring(raw: bytes) -> bytes:
     end = raw.find(b"\0")
     return raw if end < 0 else raw[:end]

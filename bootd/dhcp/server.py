@@ -1,10 +1,15 @@
 """The DHCP service: sockets -> parse -> decide -> persist -> send.
 
 Leases live in memory (LeaseTable, loaded from the database at start) and are
-written through a group commit: every ACK (and DECLINE, RELEASE) waits for the
-batch it joined to be committed, then goes out. So a lease is durable before
-the client hears of it, and a burst of clients costs one fsync per batch, not
-one per client.
+written through a group commit (writer.py): every ACK (and DECLINE, RELEASE)
+waits for the batch it joined to be committed, then goes out. So a lease is
+durable before the client hears of it.
+
+Received datagrams go into a bounded backlog (backlog.py) and are answered
+from it in batches, REQUESTs before DISCOVERs, stale DISCOVERs shed: under
+more load than one core can answer, bootd keeps completing exchanges at its
+peak rate instead of answering everything too late. Between batches the loop
+runs the socket readers (which drain every ready datagram) and the writer.
 
 Conflict checks keep a stock of probed-free addresses per dynamic pool,
 refilled in the background (probe.py); the decision reads the stock as data
@@ -12,8 +17,6 @@ and says which address it used (an effect applied here); an exhausted stock
 wakes the refill, and the client's retransmission finds an address a moment
 later.
 
-A batch that fails to commit is retried row by row, so one bad row (a value
-PostgreSQL refuses) costs that client its answer, not everyone in the batch.
 Log lines: per verdict or drop reason (a fixed set), at most one a minute
 each; every packet is counted.
 """
@@ -25,26 +28,26 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
-from typing import Protocol
 
 import netifaces
 
 from bootd.config import Config, DhcpMode, Subnet
+from bootd.dhcp.backlog import Backlog, Shed
 from bootd.dhcp.decide import Decider, Ingress
 from bootd.dhcp.leases import LeaseTable
 from bootd.dhcp.options import MalformedPacket, MessageType
 from bootd.dhcp.outcome import Booted, Drop, Outcome, PersistLease, PoolExhausted, UsedProbed, Verdict
-from bootd.dhcp.packet import ZERO, Packet, parse
+from bootd.dhcp.packet import ZERO, Packet, is_discover, parse
 from bootd.dhcp.probe import ArpProber, IcmpProber
 from bootd.dhcp.reply import PXE_PORT, SERVER_PORT
 from bootd.dhcp.transport import Datagram, DhcpSocket
-from bootd.errors import BootdError
+from bootd.dhcp.writer import LeaseStore, LeaseWriter
 from bootd.logs import Throttle, kv
 from bootd.metrics import PoolStats
-from bootd.model.records import LeaseRecord, LeaseState
+from bootd.model.records import LeaseState
 from bootd.policy import Policy
 
 log = logging.getLogger("bootd.dhcp")
@@ -53,88 +56,16 @@ QUIET = (Verdict.OFFER, Verdict.ACK, Verdict.PROXY_OFFER, Verdict.PROXY_ACK, Ver
 # Counter keys by received message type (Kea's pkt4-<type>-received), made once, not per packet.
 RECEIVED = {t: f"received-{t.name.lower()}" for t in MessageType}
 SENT = {v: f"sent-{v.value}" for v in Verdict}
+SHED = {r: f"shed-{r.value}" for r in Shed}
+PUMP_BATCH = 64  # messages answered per turn of the event loop; then readers and the writer run
+__all__ = ["DhcpService", "LeaseStore", "LeaseWriter"]
 
 
-class LeaseStore(Protocol):
-    """What DHCP needs of the inventory (the repository satisfies it)."""
-
-    async def put_leases(self, leases: Sequence[LeaseRecord]) -> None: ...
-
-    async def list_leases(self) -> list[LeaseRecord]: ...
 STOCK_LOW, PROBE_BATCH = 64, 128
 REFILL_IDLE = 1.0
 CONFLICT_QUARANTINE = 600.0
 
 
-class LeaseWriter:
-    """Group commit of lease changes; `then` runs once the batch holding its lease is durable.
-
-    A write in progress is never cancelled (a transaction abandoned half-way
-    would keep SQLite's write lock until the connection is collected): run()
-    shields it, and flush() waits for it before writing what is left."""
-
-    def __init__(self, repo: LeaseStore) -> None:
-        self._repo = repo
-        self._queue: list[tuple[LeaseRecord, Callable[[], object] | None]] = []
-        self._wake = asyncio.Event()
-        self._current: asyncio.Task[None] | None = None
-        self.batches = 0
-        self.failed = 0
-        self._say = Throttle(DROP_LOG_INTERVAL, keys=8)
-
-    def submit(self, record: LeaseRecord, then: Callable[[], object] | None) -> None:
-        self._queue.append((record, then))
-        self._wake.set()
-
-    async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            self._current = asyncio.ensure_future(self._write())
-            await asyncio.shield(self._current)
-
-    async def _write(self) -> None:
-        batch, self._queue = self._queue, []
-        if not batch:
-            return
-        try:
-            await self._repo.put_leases([record for record, _ in batch])
-        except BootdError as exc:
-            if len(batch) == 1:
-                # Not durable, so not promised: the client retransmits and is answered then.
-                self.failed += 1
-                if self._say(time.monotonic(), "lease-write"):
-                    log.error("lease write failed; reply withheld",
-                              extra=kv(ip=str(batch[0][0].ip), mac=batch[0][0].mac, reason=str(exc),
-                                       failed=self.failed))
-                return
-            # One bad row must not cost the whole batch its answers: row by row.
-            for item in batch:
-                await self._write_one(item)
-            return
-        self.batches += 1
-        for _, then in batch:
-            if then is not None:
-                then()
-
-    async def _write_one(self, item: tuple[LeaseRecord, Callable[[], object] | None]) -> None:
-        record, then = item
-        try:
-            await self._repo.put_leases([record])
-        except BootdError as exc:
-            self.failed += 1
-            if self._say(time.monotonic(), "lease-write"):
-                log.error("lease write failed; reply withheld",
-                          extra=kv(ip=str(record.ip), mac=record.mac, reason=str(exc), failed=self.failed))
-            return
-        self.batches += 1
-        if then is not None:
-            then()
-
-    async def flush(self) -> None:
-        if self._current is not None and not self._current.done():
-            await asyncio.wait([self._current])
-        await self._write()
 
 
 @dataclass
@@ -167,6 +98,9 @@ class DhcpService:
         self._refill = asyncio.Event()
         self._say = Throttle(DROP_LOG_INTERVAL, keys=64)
         self._free: dict[tuple[int, int], set[int]] = {}
+        self._backlog: Backlog[tuple[DhcpSocket, Datagram]] = Backlog()
+        self._pumping = False
+        self._shed_seen = 0
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -226,7 +160,37 @@ class DhcpService:
     # -- packets ----------------------------------------------------------------
 
     def _on_datagram(self, sock: DhcpSocket, dgram: Datagram) -> None:
+        """Queue: answered by _pump, urgent lane first."""
         self.counters["received"] += 1
+        self._backlog.push((sock, dgram), is_discover(dgram.data), time.monotonic())
+        if not self._pumping:
+            self._pumping = True
+            asyncio.get_running_loop().call_soon(self._pump)
+
+    def _pump(self) -> None:
+        backlog, clock = self._backlog, time.monotonic
+        for _ in range(PUMP_BATCH):
+            item = backlog.pop(clock())
+            if item is None:
+                break
+            self._handle(*item)
+        if len(backlog):
+            asyncio.get_running_loop().call_soon(self._pump)
+        else:
+            self._pumping = False
+        shed = backlog.shed
+        if shed.total() != self._shed_seen:
+            self._count_shed(shed)
+
+    def _count_shed(self, shed: Counter[Shed]) -> None:
+        for why, n in shed.items():
+            self.counters[SHED[why]] = n
+        self._shed_seen = shed.total()
+        if self._say(time.monotonic(), "shed"):
+            log.warning("overloaded: messages shed unanswered", extra=kv(**{
+                why.value: n for why, n in sorted(shed.items())}))
+
+    def _handle(self, sock: DhcpSocket, dgram: Datagram) -> None:
         ingress = self._ingress[(sock.interface, sock.port)]
         if sock.port == PXE_PORT:
             ingress = Ingress(ingress.interface, ingress.server_ip, ingress.subnets, PXE_PORT, dgram.source)

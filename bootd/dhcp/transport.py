@@ -6,8 +6,10 @@ nowhere else, and several interfaces can share port 67 (SO_REUSEADDR). Relayed
 messages arrive unicast on the same sockets. IP_PKTINFO tells which local
 address a message was sent to (broadcast or our unicast address).
 
-Reads are drained in batches from one reader callback (no task, no thread
-per packet); a socket error on send is logged and counted, never fatal.
+Every wakeup drains what the socket holds (up to DRAIN datagrams) from one
+reader callback (no task, no thread per packet) into the service's backlog,
+which decides what is worth answering (server.py, backlog.py); a socket error
+on send is logged and counted, never fatal.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ log = logging.getLogger("bootd.dhcp")
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 _PKTINFO = struct.Struct("=I4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
-BATCH = 64
+DRAIN = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,7 @@ class DhcpSocket:
         self._handler = handler
         self._sock: socket.socket | None = None
         self.send_errors = 0
+        self._locals: dict[bytes, IPv4Address] = {}  # our addresses (and broadcast), few
 
     def open(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -68,9 +71,10 @@ class DhcpSocket:
         sock = self._sock
         if sock is None:
             return
-        for _ in range(BATCH):
+        recvmsg, handler, locals_ = sock.recvmsg, self._handler, self._locals
+        for _ in range(DRAIN):
             try:
-                data, ancdata, _flags, source = sock.recvmsg(4096, 64)
+                data, ancdata, _flags, source = recvmsg(4096, 64)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -79,8 +83,13 @@ class DhcpSocket:
             local = None
             for level, kind, payload in ancdata:
                 if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(payload) >= _PKTINFO.size:
-                    local = IPv4Address(_PKTINFO.unpack_from(payload)[2])
-            self._handler(self, Datagram(data, source, local))
+                    raw = payload[8:12]  # in_pktinfo.ipi_addr: the header's destination
+                    local = locals_.get(raw)
+                    if local is None:
+                        local = IPv4Address(raw)
+                        if len(locals_) < 64:
+                            locals_[raw] = local
+            handler(self, Datagram(data, source, local))
 
     def send(self, data: bytes, ip: IPv4Address, port: int) -> bool:
         if self._sock is None:
