@@ -238,7 +238,7 @@ def main() -> int:
     print(f"atftp client on core {CLIENT_CORE}, server on core {SERVER_CORE}; median MB/s of "
           f"{args.runs} runs (failed transfers over all runs in brackets)")
     refs = [s for s in servers if s != "bootd"]
-    header = f"{'row':36}" + "".join(f"{s:>16}" for s in servers)
+    header = f"{'row':36}" + "".join(f"{s:>11}     " for s in servers)
     header += "".join(f"{'bootd/' + r:>18}" for r in refs if "bootd" in servers)
     print(header)
     for row in rows:
