@@ -1,8 +1,8 @@
 """bench/dhcp_cpu: CPU cost of bootd's DHCP path per packet, no sockets, no lab.
 
 Feeds perfdhcp-like relayed DISCOVER/REQUEST pairs (random MACs, giaddr
-198.19.0.2) through DhcpService's receive path exactly as the socket reader
-does, with a fake socket and a lease store that commits instantly, and prints
+198.19.0.2) through DhcpService._handle (what the backlog's pump calls per
+message: parse, decide, apply, send), with a fake socket and a lease store that commits instantly, and prints
 microseconds per packet (best of --repeat). --profile prints cProfile's top
 functions instead. A machine shared with other work makes the absolute figure
 noisy; compare before/after on the same machine.
@@ -97,12 +97,12 @@ async def run(pairs: int, profile: bool) -> float:
         if prof:
             prof.enable()
         for i in range(start, min(pairs, start + 500)):
-            service._on_datagram(sock, Datagram(discovers[i], source, SERVER))  # type: ignore[arg-type]
+            service._handle(sock, Datagram(discovers[i], source, SERVER))  # type: ignore[arg-type]
         offers = sock.sent[-min(500, pairs - start):]
         for i, offer in zip(range(start, pairs), offers, strict=False):
             yiaddr = parse(offer).yiaddr.packed
             req = message(3, macs[i], i, b"\x32\x04" + yiaddr + b"\x36\x04" + SERVER.packed)
-            service._on_datagram(sock, Datagram(req, source, SERVER))  # type: ignore[arg-type]
+            service._handle(sock, Datagram(req, source, SERVER))  # type: ignore[arg-type]
         if prof:
             prof.disable()
         elapsed += time.perf_counter() - t0

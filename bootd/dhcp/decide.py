@@ -61,6 +61,8 @@ from bootd.model.clients import BootClient, Firmware
 from bootd.model.records import LeaseState
 from bootd.policy import BootAnswer, Policy
 
+RELAYS_CACHED = 1024
+
 
 @dataclass(frozen=True, slots=True)
 class Ingress:
@@ -95,10 +97,12 @@ class Decider:
         self.policy = policy
         self.table = table
         self._per_subnet: dict[Subnet, tuple[Items, Items]] = {}
+        self._relayed: dict[IPv4Address, Subnet | None] = {}  # giaddr -> subnet, bounded
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
         self._per_subnet.clear()
+        self._relayed.clear()
 
     # -- entry ----------------------------------------------------------------
 
@@ -123,7 +127,15 @@ class Decider:
 
     def _subnet(self, request: Packet, ingress: Ingress) -> Subnet | None:
         if request.giaddr != ZERO:
-            return self.config.subnet_for(request.giaddr)
+            relayed = self._relayed
+            try:
+                return relayed[request.giaddr]
+            except KeyError:
+                pass
+            if len(relayed) >= RELAYS_CACHED:  # giaddr is the sender's word: keep the cache bounded
+                relayed.clear()
+            subnet = relayed[request.giaddr] = self.config.subnet_for(request.giaddr)
+            return subnet
         if request.ciaddr != ZERO:
             for subnet in ingress.subnets:
                 if request.ciaddr in subnet.cidr:
@@ -168,7 +180,7 @@ class Decider:
         if reserved is not None:
             return ip == reserved
         pool = subnet.dynamic_pool
-        return pool is not None and IPv4Address(ip) in pool
+        return pool is not None and int(pool.first) <= ip <= int(pool.last)
 
     def _discover(self, request: Packet, ingress: Ingress, subnet: Subnet, key: bytes, now: float,
                   free: FreeSets | None, client: BootClient) -> Outcome:
@@ -227,7 +239,8 @@ class Decider:
         else:
             return dropped(Drop.INCOMPLETE, "REQUEST with neither requested address nor ciaddr")
         reserved, name = self._reserved(request, subnet)
-        if IPv4Address(ip) not in subnet.cidr:
+        cidr = subnet.cidr
+        if not int(cidr.network_address) <= ip <= int(cidr.broadcast_address):
             return self._nak(request, ingress, f"{state}: {IPv4Address(ip)} is not on subnet {subnet.cidr}")
         current = self.table.at(ip)
         mine = current is not None and current.client_key == key and current.state in (

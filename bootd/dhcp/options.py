@@ -128,16 +128,33 @@ class Options(Mapping[int, bytes]):
     __slots__ = ("_values",)
 
     def __init__(self, items: Iterable[tuple[int, bytes]] = ()) -> None:
-        values: dict[int, bytes] = {}
+        self._values = Options.collect(items)
+
+    @staticmethod
+    def collect(items: Iterable[tuple[int, bytes]], values: dict[int, bytes] | None = None
+                ) -> dict[int, bytes]:
+        """Instances concatenated by code (RFC 3396), into `values` when given."""
+        if values is None:
+            values = {}
         for code, value in items:
             values[code] = values[code] + value if code in values else value
-        self._values = values
+        return values
+
+    @classmethod
+    def of(cls, values: dict[int, bytes]) -> Options:
+        """Options over `values` as they are (collect()'s result), without copying."""
+        options = cls.__new__(cls)
+        options._values = values
+        return options
 
     def __getitem__(self, code: int) -> bytes:
         return self._values[code]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._values)
+
+    def __contains__(self, code: object) -> bool:
+        return code in self._values
 
     def __len__(self) -> int:
         return len(self._values)

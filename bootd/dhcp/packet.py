@@ -107,18 +107,30 @@ def parse(data: bytes) -> Packet:
         # RFC 1700 / ARP: Ethernet addresses are 6 octets; anything else would be
         # stored as a MAC no interface has (and, at 16 octets, longer than a MAC column).
         raise MalformedPacket(f"Ethernet (htype 1) with hardware address length {hlen}, not 6")
-    items = list(parse_tlvs(data[HEADER_SIZE:], "options"))
-    overload = Options(items).overload
+    values = Options.collect(parse_tlvs(data[HEADER_SIZE:], "options"))
+    options = Options.of(values)
+    overload = options.overload
     if overload & 1:
-        items += parse_tlvs(file, "file")
+        Options.collect(parse_tlvs(file, "file"), values)
         file = b""
     if overload & 2:
-        items += parse_tlvs(sname, "sname")
+        Options.collect(parse_tlvs(sname, "sname"), values)
         sname = b""
-    return Packet(op=op, xid=xid, chaddr=chaddr, options=Options(items), htype=htype, hlen=hlen,
-                  hops=hops, secs=secs, flags=flags, ciaddr=IPv4Address(ciaddr),
-                  yiaddr=IPv4Address(yiaddr), siaddr=IPv4Address(siaddr),
-                  giaddr=IPv4Address(giaddr), sname=_cstring(sname), file=_cstring(file))
+    return Packet(op, xid, chaddr, options, htype, hlen, hops, secs, flags, _address(ciaddr),
+                  _address(yiaddr), _address(siaddr), _address(giaddr),
+                  _cstring(sname) if sname[:1] != b"\0" else b"",
+                  _cstring(file) if file[:1] != b"\0" else b"")
+
+
+_ZERO_PACKED = bytes(4)
+
+
+def _address(raw: bytes) -> IPv4Address:
+    return ZERO if raw == _ZERO_PACKED else IPv4Address(raw)
+
+
+def _packed(address: IPv4Address) -> bytes:
+    return _ZERO_PACKED if address is ZERO else address.packed
 
 
 def build(packet: Packet, items: list[tuple[int, bytes]] | None = None,
@@ -134,8 +146,8 @@ def build(packet: Packet, items: list[tuple[int, bytes]] | None = None,
     if len(encoded) > space:
         encoded, file, sname, overload = _overload(items, space, packet)
     header = _HEADER.pack(packet.op, packet.htype, packet.hlen, packet.hops, packet.xid,
-                          packet.secs, packet.flags, packet.ciaddr.packed, packet.yiaddr.packed,
-                          packet.siaddr.packed, packet.giaddr.packed, packet.chaddr.ljust(16, b"\0"),
+                          packet.secs, packet.flags, _packed(packet.ciaddr), _packed(packet.yiaddr),
+                          _packed(packet.siaddr), _packed(packet.giaddr), packet.chaddr.ljust(16, b"\0"),
                           sname.ljust(64, b"\0"), file.ljust(128, b"\0"), MAGIC)
     if overload:
         encoded = encode_tlvs([(Opt.OVERLOAD, bytes((overload,)))]) + encoded
