@@ -14,13 +14,13 @@ def drain(backlog: Backlog[str], now: float) -> list[str]:
     return out
 
 
-def test_requests_are_answered_before_older_discovers() -> None:
+def test_requests_oldest_first_before_discovers_newest_first() -> None:
     b: Backlog[str] = Backlog()
     b.push("d1", True, 0.0)
     b.push("d2", True, 0.01)
     b.push("r1", False, 0.02)
     b.push("r2", False, 0.03)
-    assert drain(b, 0.05) == ["r1", "r2", "d1", "d2"]
+    assert drain(b, 0.05) == ["r1", "r2", "d2", "d1"]
     assert len(b) == 0 and not b.shed
 
 
@@ -28,8 +28,9 @@ def test_stale_discovers_are_shed_and_counted_fresh_ones_kept() -> None:
     b: Backlog[str] = Backlog(Limits(discover_max_age=0.3, urgent_max_age=2.0))
     b.push("old", True, 0.0)
     b.push("fresh", True, 0.5)
+    b.push("newest", True, 0.55)
     b.push("request", False, 0.0)  # same age as "old", but a REQUEST keeps longer
-    assert drain(b, 0.6) == ["request", "fresh"]
+    assert drain(b, 0.6) == ["request", "newest", "fresh"]
     assert b.shed == {Shed.DISCOVER_STALE: 1}
 
 
@@ -47,7 +48,7 @@ def test_full_lanes_shed_their_oldest() -> None:
         b.push(f"d{i}", True, 0.0)
         b.push(f"r{i}", False, 0.0)
     assert len(b) == 4
-    assert drain(b, 0.0) == ["r2", "r3", "d2", "d3"]
+    assert drain(b, 0.0) == ["r2", "r3", "d3", "d2"]
     assert b.shed == {Shed.DISCOVER_OVERFLOW: 2, Shed.URGENT_OVERFLOW: 2}
 
 

@@ -8,7 +8,10 @@ lanes, and work is taken from them in value order:
 - the urgent lane (REQUEST, DECLINE, RELEASE, INFORM): a REQUEST finishes an
   exchange whose OFFER was already paid for; answering it turns spent work
   into a lease;
-- the DISCOVER lane: starts new exchanges only with what capacity is left.
+- the DISCOVER lane: starts new exchanges only with what capacity is left,
+  newest first (last in, first out): an answer to a fresh DISCOVER still
+  arrives in time, while answering the oldest first would make every answer
+  late by as much as the backlog is long.
 
 A DISCOVER that waited longer than `discover_max_age` is shed unanswered: the
 client has retransmitted (RFC 2131 section 4.1: 4 s, clients and perfdhcp
@@ -50,7 +53,8 @@ class Limits:
 
 
 class Backlog(Generic[T]):
-    """Two bounded FIFO lanes of (arrival time, item); pop() serves urgent first."""
+    """Two bounded lanes of (arrival time, item); pop() serves urgent (oldest first), then DISCOVER
+    (newest first)."""
 
     __slots__ = ("_discover", "_urgent", "limits", "shed")
 
@@ -85,9 +89,7 @@ class Backlog(Generic[T]):
                 self.shed[Shed.URGENT_STALE] += 1
         discover = self._discover
         oldest = now - self.limits.discover_max_age
-        while discover:
-            at, item = discover.popleft()
-            if at >= oldest:
-                return item
+        while discover and discover[0][0] < oldest:
+            discover.popleft()
             self.shed[Shed.DISCOVER_STALE] += 1
-        return None
+        return discover.pop()[1] if discover else None
