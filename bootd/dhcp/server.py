@@ -57,7 +57,7 @@ QUIET = (Verdict.OFFER, Verdict.ACK, Verdict.PROXY_OFFER, Verdict.PROXY_ACK, Ver
 RECEIVED = {t: f"received-{t.name.lower()}" for t in MessageType}
 SENT = {v: f"sent-{v.value}" for v in Verdict}
 SHED = {r: f"shed-{r.value}" for r in Shed}
-PUMP_BATCH = 64  # messages answered per turn of the event loop; then readers and the writer run
+PUMP_BATCH = 16  # per loop turn; then readers and the writer (each of its DB hops needs a turn) run
 __all__ = ["DhcpService", "LeaseStore", "LeaseWriter"]
 
 
