@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bootd.db import schema as t
 from bootd.db.store import Store
-from bootd.errors import NotFound
+from bootd.errors import Conflict, NotFound
 from bootd.model.admission import (
     AdmissionRecord,
     Admit,
@@ -153,6 +153,38 @@ class AdmissionRows(Store):
         async with self._tx(write=False) as s:
             records = await self._records(s)
             return records, await self._gates(s, {r.entry.rollout for r in records})
+
+    async def newcomer(self, name: str, daemon: str, heavy: Collection[NodeState],
+                       now: datetime) -> tuple[Entry, NodeState, RolloutGate | None] | None:
+        """The place node `name` would take if it queued now, the slot and its rollout's
+        gate, from the node's row alone (no lock, every place unread); None: no heavy state."""
+        async with self._tx(write=False) as s:
+            node = (await s.execute(
+                select(t.Node.id, t.Node.name, t.Node.state, t.Node.rack, t.Node.state_changed_at)
+                .where(t.Node.name == name.lower()))).first()
+            if node is None:
+                raise NotFound(f"no node named {name!r}")
+            node_id, node_name, state, rack, since = node
+            slot = slot_for(NodeState(state), heavy)
+            if slot is None:
+                return None
+            rollout = await self._active_rollout(s, node_id)
+            gate = (await self._gates(s, {rollout})).get(rollout) if rollout is not None else None
+            return Entry(node_id, node_name, rack, daemon, since, rollout, now), slot, gate
+
+    async def enqueue(self, entry: Entry, slot: NodeState, now: datetime) -> bool:
+        """A waiting place for a node that has none, without the lock (a waiting place
+        takes no slot). False if the node has a row meanwhile: the locked path decides."""
+        try:
+            async with self._tx(write=True) as s:
+                if await s.scalar(select(t.Admission.id).where(t.Admission.node_id == entry.node_id)):
+                    return False
+                s.add(t.Admission(node_id=entry.node_id, state=slot.value, rack=entry.rack,
+                                  daemon=entry.daemon, rollout_id=entry.rollout,
+                                  allocated_at=entry.allocated_at, queued_at=now, asked_at=now))
+        except Conflict:  # another daemon queued it at the same instant
+            return False
+        return True
 
     async def touch(self, node_id: int, slot: NodeState, now: datetime) -> None:
         """A waiting node asked again: its stored ask, so it is not forgotten. One row,

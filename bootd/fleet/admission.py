@@ -39,8 +39,10 @@ from bootd.model.admission import (
     AdmissionRecord,
     Admit,
     Decision,
+    Entry,
     Limit,
     Limits,
+    RolloutGate,
     Wait,
     decide,
     forgotten,
@@ -62,8 +64,10 @@ BOARD_SECONDS = 1.0
 @dataclass
 class _Board:
     waiting: dict[str, AdmissionRecord]  # by node name
-    answers: dict[str, Decision]  # what each waiting node would be answered now
-    names: frozenset[str]  # every node on it, admitted or waiting
+    answers: dict[str, Decision] | None  # what each waiting node is answered; None: work it out again
+    names: set[str]  # every node on it, admitted or waiting
+    admitted: list[Entry]
+    gates: dict[int, RolloutGate]
     until: float  # monotonic
 
 
@@ -109,7 +113,7 @@ class Admissions:
         self._loading: asyncio.Future[_Board] | None = None
         self._generation = 0  # bumped by every change seen: a board read before it is stale
         # Counters (tests and the bench read them): locked transactions, stored asks, board reads.
-        self.asks = self.touches = self.board_reads = 0
+        self.asks = self.touches = self.board_reads = self.enqueued = 0
         if feed is not None:
             feed.subscribe(self._on_change)
 
@@ -145,7 +149,7 @@ class Admissions:
         when = now if now is not None else self._clock()
         slot = None if state is None else self.slot(state)
         if slot is not None and daemon is None:
-            waiting = await self._from_board(name, slot, when)
+            waiting = await self._from_board(name, slot, when) or await self._newcomer(name, slot, when)
             if waiting is not None:
                 return waiting
 
@@ -174,7 +178,7 @@ class Admissions:
         forget_after = self.config.waves.forget_after
         if mine is None or mine.slot is not slot or forgotten(mine.entry, now, forget_after):
             return None
-        decision = board.answers.get(name)
+        decision = self._answers(board, now).get(name)
         if not isinstance(decision, Wait):
             return None
         stored = mine.entry.asked_at
@@ -183,6 +187,39 @@ class Admissions:
             await self._rows.touch(mine.entry.node_id, slot, now)
             board.waiting[name] = replace(mine, entry=replace(mine.entry, asked_at=now))
         return decision
+
+    async def _newcomer(self, name: str, slot: NodeState, now: datetime) -> Wait | None:
+        """A node's first ask, when the board says it would wait: its place is written
+        without the lock and without reading every place (a rack powering on asks all
+        at once). None: the locked path decides (it may go, or it has a row already)."""
+        board = await self._board()
+        if name in board.names:
+            return None
+        w = self.config.waves
+        found = await self._rows.newcomer(name, self.config.daemon_id, w.states, now)
+        if found is None or found[1] is not slot:
+            return None
+        entry, _, gate = found
+        gates = board.gates if gate is None else {**board.gates, gate.id: gate}
+        decision = decide(entry, board.admitted, [r.entry for r in board.waiting.values()], self.limits,
+                          gates, now, w.forget_after)
+        if not isinstance(decision, Wait) or not await self._rows.enqueue(entry, slot, now):
+            return None
+        self.enqueued += 1
+        # On the board at once: the next newcomer's place counts this one.
+        board.waiting[name] = AdmissionRecord(entry, slot, slot, now, None)  # live: a slot holds itself
+        board.names.add(name)
+        board.gates = gates
+        board.answers = None
+        return decision
+
+    def _answers(self, board: _Board, now: datetime) -> dict[str, Decision]:
+        """Every waiting node's answer in one pass (what `decide` answers each of them)."""
+        if board.answers is None:
+            board.answers = {e.name: d for e, d in places(
+                board.admitted, [r.entry for r in board.waiting.values()], self.limits, board.gates, now,
+                self.config.waves.forget_after)}
+        return board.answers
 
     async def _board(self) -> _Board:
         """Every place, read at most once per BOARD_SECONDS (concurrent asks share one
@@ -199,11 +236,8 @@ class Admissions:
         live = [r for r in records if r.live]
         admitted = [r.entry for r in live if r.admitted]
         waiting = {r.entry.name: r for r in live if not r.admitted}
-        # Every waiting node's answer in one pass (what `decide` answers each of them).
-        answers = {e.name: d for e, d in places(admitted, [r.entry for r in waiting.values()], self.limits,
-                                                 gates, self._clock(), self.config.waves.forget_after)}
-        names = frozenset(waiting) | {e.name for e in admitted}
-        board = _Board(waiting, answers, names, self._monotonic() + BOARD_SECONDS)
+        names = set(waiting) | {e.name for e in admitted}
+        board = _Board(waiting, None, names, admitted, gates, self._monotonic() + BOARD_SECONDS)
         if generation == self._generation:  # else a change came in meanwhile: use it once only
             self._board_cache = board
         self.board_reads += 1
