@@ -95,6 +95,8 @@ class ChangeNotices:
                 try:
                     await self._channel.connect()
                     log.info("change notices connected again")
+                    if self._out:
+                        self._wake.set()  # what could not be sent while away goes now
                 except BootdError:
                     await asyncio.sleep(RETRY)
                     continue
@@ -116,8 +118,13 @@ class ChangeNotices:
                 await self._channel.send(out)
                 self.sent += len(out)
             except BootdError as exc:
-                log.warning("change notices not sent; other daemons poll", extra=kv(reason=str(exc),
-                                                                                  count=len(out)))
+                # Kept (up to PENDING) and sent again once connected: a notice is lost only
+                # past that bound, and then the other daemons' stamp polls still catch up.
+                keep = out + self._out
+                self.dropped += max(0, len(keep) - PENDING)
+                self._out = keep[:PENDING]
+                log.warning("change notices not sent; kept to send again", extra=kv(
+                    reason=str(exc), count=len(out)))
                 await self._channel.close()
         while self._in:
             batch = dict(list(self._in.items())[:BATCH])
