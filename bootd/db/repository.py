@@ -151,6 +151,44 @@ class Repository(BmcRows, LeaseRows):
             node = await self.set_location(node.name, location, actor=actor)
         return node
 
+    async def register_booted_many(self, booted: Sequence[tuple[str, str | None]], *,
+                                   actor: str) -> list[NodeRecord]:
+        """Many machines nobody registered, each with its relay location (or None), in one
+        transaction: a rack powering on at once costs one commit, not one per machine.
+        The same events as `register_booted` (created, then located). A MAC that belongs
+        to a node already, or whose name is taken, is skipped. A unique-constraint race
+        with another daemon raises Conflict for the whole batch (the caller retries one
+        by one)."""
+        wanted: dict[str, str | None] = {}
+        for mac, location in booted:
+            wanted.setdefault(mac_address(mac),
+                              None if location is None else short_text(location, "location", 255))
+        if not wanted:
+            return []
+        now = self._clock()
+        async with self._tx(write=True) as s:
+            taken = set(await s.scalars(select(t.Interface.mac).where(t.Interface.mac.in_(list(wanted)))))
+            names = {mac: f"node-{mac.replace(':', '')}" for mac in wanted if mac not in taken}
+            used = set(await s.scalars(select(t.Node.name).where(t.Node.name.in_(list(names.values())))))
+            nodes = []
+            for mac, name in names.items():
+                if name in used:
+                    continue
+                node = t.Node(
+                    name=name, state=NodeState.DISCOVERING.value, allocated=False, profile=None,
+                    admin_ip=None, rack=None, location=wanted[mac], created_at=now, updated_at=now,
+                    origin="booted", state_changed_at=now, bmc=None,
+                    interfaces=[t.Interface(mac=mac, is_boot=True)])
+                self.rotate_token(node)
+                s.add(node)
+                nodes.append((mac, node))
+            await s.flush()
+            for mac, node in nodes:
+                self._event(s, node, "created", None, NodeState.DISCOVERING, actor, f"macs={mac}")
+                if node.location is not None:
+                    self._event(s, node, "located", None, None, actor, f"location={node.location}")
+            return [_node_record(node) for _, node in nodes]
+
     async def set_location(self, name: str, location: str, *, actor: str) -> NodeRecord:
         location = short_text(location, "location", 255)
         async with self._tx(write=True) as s:
