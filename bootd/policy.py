@@ -120,7 +120,7 @@ class Policy:
         self._stamp = -1
         self._full_at = float("-inf")
         self._pending: dict[str, asyncio.Event] = {}  # MACs being registered or relocated
-        self._queue: dict[str, tuple[DirectoryEntry | None, str | None]] = {}  # not yet written
+        self._queue: dict[str, tuple[DirectoryEntry | None, str | None, str | None]] = {}  # to write
         self._registrar: asyncio.Task[None] | None = None
         self._buckets: dict[str, TokenBucket] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -381,9 +381,11 @@ class Policy:
 
     # -- what protocols saw (asynchronous writes) ------------------------------
 
-    def booted(self, client: BootClient, location: str | None, via: str = "-") -> None:
+    def booted(self, client: BootClient, location: str | None, via: str = "-",
+               rack: str | None = None) -> None:
         """A booting machine asked for an address (on interface or relay `via`).
-        Unknown: record it in discovering. Known with a new relay location: store it."""
+        Unknown: record it in discovering (in `rack`, its subnet's). Known with a new
+        relay location: store it."""
         if self._repo is None or not client.booting or client.mac in self._pending:
             return
         known = self._nodes.get(client.mac)
@@ -402,7 +404,7 @@ class Policy:
             self._refuse("registrations-rate", f"{client.mac} via {via}")
             return
         self._pending[client.mac] = asyncio.Event()
-        self._queue[client.mac] = (known, location)
+        self._queue[client.mac] = (known, location, rack)
         if self._registrar is None or self._registrar.done():
             self._registrar = asyncio.get_running_loop().create_task(self._register_queued())
             self._tasks.add(self._registrar)
@@ -425,21 +427,22 @@ class Policy:
                     if done is not None:
                         done.set()
 
-    async def _record(self, batch: dict[str, tuple[DirectoryEntry | None, str | None]]) -> None:
+    async def _record(self, batch: dict[str, tuple[DirectoryEntry | None, str | None, str | None]]) -> None:
         assert self._repo is not None
         changes: list[NodeChanged] = []
-        new = [(mac, location) for mac, (known, location) in batch.items() if known is None]
+        new = [(mac, location, rack) for mac, (known, location, rack) in batch.items() if known is None]
         if new:
             try:
                 nodes = await self._repo.register_booted_many(new, actor=ACTOR)
             except Conflict:  # another daemon registered one of them meanwhile: one by one
-                found = [await self._repo.register_booted(mac, loc, actor=ACTOR) for mac, loc in new]
+                found = [await self._repo.register_booted(mac, loc, actor=ACTOR, rack=rack)
+                         for mac, loc, rack in new]
                 nodes = [n for n in found if n is not None]
             for node in nodes:
                 log.info("new machine recorded", extra=kv(node=node.name, mac=node.boot_mac,
                                                           location=node.location))
                 changes.append(NodeChanged(node, "created"))
-        for mac, (known, location) in batch.items():
+        for mac, (known, location, _) in batch.items():
             if known is not None and location is not None:
                 try:
                     node = await self._repo.set_location(known.name, location, actor=ACTOR)

@@ -108,6 +108,8 @@ BAD = [
     (_edit('domain = "Rack1.Example."', 'domain = "bad_domain"'), "subnets[0].domain",
      "invalid DNS domain"),
     (_edit("lease_time = 600", "lease_time = 5"), "subnets[0].lease_time", "between 60"),
+    (_edit("lease_time = 600", 'lease_time = 600\nrack = "r1\\nr2"'), "subnets[0].rack",
+     "1-64 printable characters"),
     (_edit("lease_time = 600", "lease_time = true"), "subnets[0].lease_time", "must be an integer"),
     (_edit('dynamic_pool = "198.18.0.100-198.18.0.199"', 'dynamic_pool = "198.18.0.100"'),
      "subnets[0].dynamic_pool", "not a range"),

@@ -37,6 +37,7 @@ dynamic_pool = "198.18.0.100-198.18.0.102"
 [[subnets]]
 cidr = "198.19.0.0/16"
 dynamic_pool = "198.19.1.1-198.19.1.200"
+rack = "r19"
 """
 SERVER = IPv4Address("198.18.0.1")
 NOW = 1_800_000_000.0
@@ -247,6 +248,8 @@ def test_relayed_discover_served_from_giaddr_subnet_back_to_relay_with_option_82
     pxe = d.handle(msg(MessageType.DISCOVER, MAC2, giaddr="198.19.0.1", relay=relay,
                        vendor=b"PXEClient:Arch:00000:UNDI:002001"), ing, NOW)
     assert any(isinstance(e, Booted) and e.location == "sw12/ge-0/7" for e in pxe.effects)
+    # The relayed subnet's rack goes with the effect: a new machine is recorded in it.
+    assert [e.rack for e in pxe.effects if isinstance(e, Booted)] == ["r19"]
 
 
 def test_option_82_from_a_client_that_is_not_relayed_is_neither_trusted_nor_echoed() -> None:

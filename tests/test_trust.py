@@ -198,7 +198,7 @@ async def test_registrations_queue_is_bounded_and_written_in_batches(
     monkeypatch.setattr(repo, "register_booted_many", counted)
     for i in range(1000):
         client = BootClient(f"52:54:02:{i >> 8:02x}:{i & 255:02x}:01", Firmware.PXE, Arch.BIOS)
-        policy.booted(client, f"relay-{i % 3}", via=f"relay-{i % 3}")
+        policy.booted(client, f"relay-{i % 3}", via=f"relay-{i % 3}", rack=f"r{i % 3}")
     assert policy.refused["registrations-busy"] == 400
     assert len(policy._tasks) == 1  # one writer
     await asyncio.gather(*list(policy._tasks))
@@ -206,6 +206,7 @@ async def test_registrations_queue_is_bounded_and_written_in_batches(
     nodes = await repo.list_nodes()
     assert len(nodes) == 600
     assert all(n.state is NodeState.DISCOVERING and n.location for n in nodes)
+    assert {n.rack for n in nodes} == {"r0", "r1", "r2"}  # the subnet's rack, from the DHCP effect
     events = await repo.events("node-525402000001")
     assert [e.kind for e in events] == ["created", "located"]
     # The directory knows them without a reload: their scripts are answered from memory.

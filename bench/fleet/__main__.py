@@ -11,8 +11,8 @@ client namespace owns all of 198.19.0.0/16 through a `local` route on lo
 namespace routes 198.19.0.0/16 through it (the relay is a router). Everything is removed afterwards.
 
 `--until ready` is the lifecycle tier: once every machine is `discovered` the
-bench allocates them all (`bootd nodes allocate --all --profile rocky-9`; TODO:
-`bootd rollout start` once it lands) and the machines walk on to `ready`
+bench rolls them out with one command (`bootd rollout start --all --profile rocky-9`;
+again for stragglers when discovery stalls) and the machines walk on to `ready`
 under the [waves] limits. At the end: machines per state, first DISCOVER to
 all at the goal, p50/p99 time per state, bootd's peak RSS and CPU seconds, the
 inventory (lost nodes, nodes in problem) and, for the lifecycle, the most
@@ -58,6 +58,7 @@ def bootd_config(tmp: Path, args: argparse.Namespace) -> Path:
         router = "198.19.{k}.1"
         lease_time = 3600
         dynamic_pool = "198.19.{k}.10-198.19.{k}.254"
+        rack = "r{k:02d}"
         """) for k in range(args.racks))
     path = tmp / "bootd.toml"
     path.write_text(textwrap.dedent(f"""\
@@ -120,13 +121,22 @@ def bootd_cli(config: Path, *argv: str) -> str:
     return res.stdout
 
 
-def allocate(config: Path) -> None:
-    """Every discovered node (a node still `discovering` cannot be allocated; a partial
-    failure is reported, not fatal). TODO(rollout): `bootd rollout start` once it lands."""
+def rollout(config: Path) -> int | None:
+    """One command for every discovered node: `bootd rollout start --all` (a node still
+    `discovering`, or already in a rollout, is skipped by the rollout itself). The
+    rollout's id, or None if it could not start (reported, not fatal)."""
     try:
-        bootd_cli(config, "nodes", "allocate", "--state", "discovered", "--profile", PROFILE)
+        out = bootd_cli(config, "rollout", "start", "--all", "--profile", PROFILE, "--no-wait", "--json")
     except RuntimeError as exc:
         print(f"  {str(exc)[:300]}", file=sys.stderr, flush=True)
+        return None
+    return int(json.loads(out)["rollout"]["id"])
+
+
+def rollouts_summary(config: Path) -> list[dict[str, Any]]:
+    """Each rollout's end: state, reason, nodes per outcome (after the run)."""
+    views = json.loads(bootd_cli(config, "rollout", "list", "--json"))["rollouts"]
+    return [{k: v.get(k) for k in ("id", "state", "reason", "counts")} for v in views]
 
 
 def heavy_peak(db: Path) -> dict[str, int]:
@@ -134,19 +144,24 @@ def heavy_peak(db: Path) -> dict[str, int]:
     log by node id (allocation renames nodes). Read-only, after the run."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        rows = con.execute("SELECT node_id, to_state FROM events WHERE kind = 'transition' "
-                           "AND to_state IS NOT NULL ORDER BY id").fetchall()
+        rows = con.execute("SELECT e.node_id, e.to_state, n.rack FROM events e LEFT JOIN nodes n "
+                           "ON n.id = e.node_id WHERE e.kind = 'transition' "
+                           "AND e.to_state IS NOT NULL ORDER BY e.id").fetchall()
     finally:
         con.close()
     now: dict[str, set[int]] = {state: set() for state in HEAVY}
-    peaks = {"heavy_peak": 0, **{f"{state}_peak": 0 for state in HEAVY}}
-    for node_id, to_state in rows:
+    racks: dict[str | None, set[int]] = {}
+    peaks = {"heavy_peak": 0, "rack_peak": 0, **{f"{state}_peak": 0 for state in HEAVY}}
+    for node_id, to_state, rack in rows:
         for state, members in now.items():
             if to_state == state:
                 members.add(node_id)
             else:
                 members.discard(node_id)
             peaks[f"{state}_peak"] = max(peaks[f"{state}_peak"], len(members))
+        in_rack = racks.setdefault(rack, set())
+        (in_rack.add if to_state in HEAVY else in_rack.discard)(node_id)
+        peaks["rack_peak"] = max(peaks["rack_peak"], len(in_rack))
         peaks["heavy_peak"] = max(peaks["heavy_peak"], sum(len(m) for m in now.values()))
     return {**peaks, "transitions": len(rows)}
 
@@ -177,8 +192,10 @@ async def run_sim(client_ns: str, plan: dict[str, Any], config: Path, until: str
         if until == "ready" and discovered > allocated and (
                 discovered == plan["machines"] or time.monotonic() - stalled_since > 30):
             allocated = discovered
-            print(f"  allocating {discovered} discovered nodes ({PROFILE})", file=sys.stderr, flush=True)
-            await asyncio.to_thread(allocate, config)
+            print(f"  bootd rollout start --all --profile {PROFILE} ({discovered} discovered)",
+                  file=sys.stderr, flush=True)
+            rid = await asyncio.to_thread(rollout, config)
+            print(f"  rollout {rid} started", file=sys.stderr, flush=True)
     await proc.wait()
     if result is None:
         raise RuntimeError(f"the simulator failed (exit {proc.returncode})")
@@ -260,6 +277,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                for k, v in proc_stats(proc.pid).items()}
             result["inventory"] = inventory(config)
             result["events"] = heavy_peak(tmp / "state" / "bootd.db")
+            if args.until == "ready":
+                result["rollouts"] = rollouts_summary(config)
         finally:
             proc.terminate()
             code = proc.wait(timeout=60)
@@ -295,8 +314,10 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
     if r["until"] == "ready":
         e = r["events"]
         print(f"heavy states at once, peak (event log): {e['heavy_peak']} (hardware-installing "
-              f"{e['hardware-installing_peak']}, installing {e['installing_peak']}); "
-              f"[waves] max_global {args.max_global}, max_per_rack {args.max_per_rack}")
+              f"{e['hardware-installing_peak']}, installing {e['installing_peak']}), in one rack "
+              f"{e['rack_peak']}; [waves] max_global {args.max_global}, max_per_rack {args.max_per_rack}")
+        for ro in r.get("rollouts", []):
+            print(f"rollout {ro['id']}: {ro['state']} ({ro['reason'] or '-'}); {ro['counts']}")
     print("machine counters: " + ", ".join(f"{k} {v}" for k, v in r["counts"].items()))
     print("transport: " + (", ".join(f"{k} {v}" for k, v in r["transport"].items()) or "clean"))
     if "profile" in r:

@@ -60,7 +60,7 @@ from bootd.config.table import (
 )
 from bootd.errors import ConfigError, InvalidInput
 from bootd.model.lifecycle import DEFAULT_TIMEOUTS
-from bootd.model.names import dns_domain
+from bootd.model.names import dns_domain, short_text
 from bootd.model.profiles import BUILTIN, Family, Profile, valid_name
 from bootd.model.states import NodeState
 from bootd.render import check as render_check
@@ -109,9 +109,10 @@ def _subnet(table: Table, admin: IPv4Address) -> Subnet:
         for b, rb in present[i + 1 :]:
             if ra.overlaps(rb):
                 raise table.error(b, f"{rb} overlaps {a} {ra}")
+    rack = table.parse("rack", lambda v: short_text(v, "rack", 64))
     table.finish()
     return Subnet(cidr, router, tuple(dns), domain, lease_time, ranges["dynamic_pool"],
-                  ranges["static_range"], ranges["bmc_range"])
+                  ranges["static_range"], ranges["bmc_range"], rack)
 
 
 ProfileFiles = Callable[[Path], Sequence[tuple[str, str]]]

@@ -51,6 +51,9 @@ class Subnet:
     dynamic_pool: AddressRange | None
     static_range: AddressRange | None
     bmc_range: AddressRange | None
+    # The rack a machine first seen on this subnet is recorded in (relayed racks: one
+    # subnet each), so per-rack wave limits and `rollout --rack` need no hand work.
+    rack: str | None = None
 
     def ranges(self) -> Iterator[tuple[str, AddressRange]]:
         for name in ("dynamic_pool", "static_range", "bmc_range"):

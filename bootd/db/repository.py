@@ -138,12 +138,14 @@ class Repository(BmcRows, LeaseRows):
         async with self._tx(write=False) as s:
             return int(await s.scalar(select(func.coalesce(func.max(t.Event.id), 0))) or 0)
 
-    async def register_booted(self, mac: str, location: str | None, *, actor: str) -> NodeRecord | None:
-        """A machine nobody registered network-booted: record it in discovering.
-        None if its MAC belongs to a node already (another process was faster)."""
+    async def register_booted(self, mac: str, location: str | None, *, actor: str,
+                              rack: str | None = None) -> NodeRecord | None:
+        """A machine nobody registered network-booted: record it in discovering (in
+        `rack`, its subnet's). None if its MAC belongs to a node already (another
+        process was faster)."""
         mac = mac_address(mac)
         try:
-            spec = NewNode(f"node-{mac.replace(':', '')}", (mac,), origin="booted")
+            spec = NewNode(f"node-{mac.replace(':', '')}", (mac,), rack=rack, origin="booted")
             node = await self.add_node(spec, actor=actor)
         except Conflict:
             return None
@@ -151,18 +153,19 @@ class Repository(BmcRows, LeaseRows):
             node = await self.set_location(node.name, location, actor=actor)
         return node
 
-    async def register_booted_many(self, booted: Sequence[tuple[str, str | None]], *,
+    async def register_booted_many(self, booted: Sequence[tuple[str, str | None, str | None]], *,
                                    actor: str) -> list[NodeRecord]:
-        """Many machines nobody registered, each with its relay location (or None), in one
+        """Many machines nobody registered, each (MAC, relay location, rack), in one
         transaction: a rack powering on at once costs one commit, not one per machine.
         The same events as `register_booted` (created, then located). A MAC that belongs
         to a node already, or whose name is taken, is skipped. A unique-constraint race
         with another daemon raises Conflict for the whole batch (the caller retries one
         by one)."""
-        wanted: dict[str, str | None] = {}
-        for mac, location in booted:
-            wanted.setdefault(mac_address(mac),
-                              None if location is None else short_text(location, "location", 255))
+        wanted: dict[str, tuple[str | None, str | None]] = {}
+        for mac, location, rack in booted:
+            wanted.setdefault(mac_address(mac), (
+                None if location is None else short_text(location, "location", 255),
+                None if rack is None else short_text(rack, "rack", 64)))
         if not wanted:
             return []
         now = self._clock()
@@ -176,7 +179,8 @@ class Repository(BmcRows, LeaseRows):
                     continue
                 node = t.Node(
                     name=name, state=NodeState.DISCOVERING.value, allocated=False, profile=None,
-                    admin_ip=None, rack=None, location=wanted[mac], created_at=now, updated_at=now,
+                    admin_ip=None, rack=wanted[mac][1], location=wanted[mac][0], created_at=now,
+                    updated_at=now,
                     origin="booted", state_changed_at=now, bmc=None,
                     interfaces=[t.Interface(mac=mac, is_boot=True)])
                 self.rotate_token(node)

@@ -150,7 +150,8 @@ class Decider:
             where = f"relay {request.giaddr}" if request.giaddr != ZERO else f"interface {ingress.interface}"
             return dropped(Drop.NO_SUBNET, f"no configured subnet for {where}")
         key = client_key(request.options.client_id, request.htype, request.hardware_address)
-        booted: tuple[Effect, ...] = (Booted(client, location_of(request)),) if client.booting else ()
+        booted: tuple[Effect, ...] = ((Booted(client, location_of(request), subnet.rack),)
+                                      if client.booting else ())
         if kind is MessageType.DISCOVER:
             out = self._discover(request, ingress, subnet, key, now, free, client)
         elif kind is MessageType.REQUEST:

@@ -67,6 +67,7 @@ class Booted:
 
     client: BootClient
     location: str | None
+    rack: str | None = None  # the subnet's configured rack, for a machine not yet known
 
 
 @dataclass(frozen=True, slots=True)

@@ -216,7 +216,8 @@ class DhcpService:
         persist = None
         for effect in outcome.effects:
             if isinstance(effect, Booted):
-                self._policy.booted(effect.client, effect.location, via=_via(ingress, packet))
+                self._policy.booted(effect.client, effect.location, via=_via(ingress, packet),
+                                    rack=effect.rack)
             elif isinstance(effect, PersistLease):
                 persist = effect.lease
                 ip = IPv4Address(persist.ip)
