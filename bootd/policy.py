@@ -343,8 +343,9 @@ class Policy:
         name it no longer has (allocation renamed it), its token still finds it."""
         if self._repo is None or not token:
             return None
-        if await self._repo.verify_token(name, token):
-            return await self._repo.get_node(name)
+        node = await self._repo.node_with_token(name, token)
+        if node is not None:
+            return node
         if await self._repo.find_node_by_name(name) is None:
             return await self._repo.node_by_token(token)
         return None

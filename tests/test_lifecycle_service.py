@@ -93,6 +93,26 @@ async def discovered(lc: Lifecycle, name: str, mac: str, **kw: Any) -> None:
 
 # -- tokens ------------------------------------------------------------------------------
 
+async def test_a_report_uses_the_authenticated_read_and_rereads_a_node_that_moved(
+        lifecycle: Lifecycle, repo: Repository) -> None:
+    """A callback reads its node once (token check and record together) and reports with
+    that record; if the node moved in between (an operator's edit), the report is
+    applied to a fresh read, not refused."""
+    await lifecycle.add(NewNode("n1", ("52:54:00:00:11:01",)), actor="t")
+    token = await repo.node_token("n1")
+    assert await repo.node_with_token("n1", "x" * 43) is None
+    assert await repo.node_with_token("nobody", token) is None
+    read = await repo.node_with_token("n1", token)
+    assert read is not None and read.name == "n1"
+    await repo.update_node("n1", rack="r7", actor="operator")  # moves the version on
+    assert (await repo.get_node("n1")).version == read.version + 1
+    after = await lifecycle.report("n1", S.DISCOVERED, inventory="{}", read=read)
+    assert after.state is S.DISCOVERED and after.rack == "r7"
+    # Replayed with the same (now stale) read: refused by the state, not by the version.
+    with pytest.raises(Conflict):
+        await lifecycle.report("n1", S.DISCOVERED, expect=S.DISCOVERING, read=read)
+
+
 async def test_tokens_rotate_on_allocate_reinstall_and_reset(lifecycle: Lifecycle, repo: Repository) -> None:
     await discovered(lifecycle, "n1", "52:54:00:00:10:01")
     steps = [lambda: lifecycle.allocate("n1", actor="t", profile="rocky-9"),

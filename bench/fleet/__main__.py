@@ -130,7 +130,7 @@ def rollout(config: Path) -> int | None:
     except RuntimeError as exc:
         print(f"  {str(exc)[:300]}", file=sys.stderr, flush=True)
         return None
-    return int(json.loads(out)["rollout"]["id"])
+    return int(json.loads(out)["id"])
 
 
 def rollouts_summary(config: Path) -> list[dict[str, Any]]:

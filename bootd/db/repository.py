@@ -209,6 +209,15 @@ class Repository(BmcRows, LeaseRows):
             stored = await s.scalar(select(t.Node.token).where(t.Node.name == name.lower()))
         return stored is not None and hmac.compare_digest(stored, token_hash(token))
 
+    async def node_with_token(self, name: str, token: str) -> NodeRecord | None:
+        """Node `name` if `token` is its token (constant-time compare), in one read:
+        every node callback asks this first (verify, then read, was two)."""
+        async with self._tx(write=False) as s:
+            node = await s.scalar(select(t.Node).where(t.Node.name == name.lower()))
+            if node is None or node.token is None or not hmac.compare_digest(node.token, token_hash(token)):
+                return None
+            return _node_record(node)
+
     async def find_node_by_name(self, name: str) -> NodeRecord | None:
         async with self._tx(write=False) as s:
             node = await s.scalar(select(t.Node).where(t.Node.name == name.lower()))

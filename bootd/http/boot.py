@@ -65,7 +65,8 @@ class NodeReports(Protocol):
     """The lifecycle service as a node's callbacks see it: the one way a node moves itself."""
 
     async def report(self, name: str, target: NodeState, *, expect: NodeState | None = None,
-                     inventory: str | None = None, message: str = "") -> NodeRecord: ...
+                     inventory: str | None = None, message: str = "",
+                     read: NodeRecord | None = None) -> NodeRecord: ...
 
     async def boot_failed(self, report: BootFailure, now: float | None = None) -> Outcome: ...
 
@@ -227,7 +228,7 @@ async def transition(request: web.Request) -> web.Response:
             raise InvalidInput(f"inventory larger than {MAX_INVENTORY} bytes")
     expect = None if body.get("from") is None else _state(body["from"], "from")
     record = await request.app[REPORTS].report(
-        node.name, target, expect=expect, inventory=inventory_text, message=message)
+        node.name, target, expect=expect, inventory=inventory_text, message=message, read=node)
     log.info("node moved", extra=kv(node=record.name, state=record.state.value, by="node"))
     return web.json_response({
         "name": record.name, "state": record.state.value, "allocated": record.allocated,

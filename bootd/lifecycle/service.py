@@ -22,6 +22,7 @@ error to a booting machine.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import time
@@ -230,12 +231,20 @@ class Lifecycle:
     # -- the node's own reports --------------------------------------------------------
 
     async def report(self, name: str, target: NodeState, *, expect: NodeState | None = None,
-                     inventory: str | None = None, message: str = "") -> NodeRecord:
+                     inventory: str | None = None, message: str = "",
+                     read: NodeRecord | None = None) -> NodeRecord:
         """A node (authenticated by its token by the caller) reports it reached `target`;
-        `expect` refuses a stale or replayed report; `inventory` is the agent's JSON."""
+        `expect` refuses a stale or replayed report; `inventory` is the agent's JSON.
+        `read`: the record the caller authenticated it with (saves a read; its version
+        still guards the write, so a node that moved since gets a Conflict)."""
         event = NodeReport(target, expect, inventory, message)
         try:
-            node = (await self._change(name, event, actor=f"node:{name}"))[0]
+            node = None
+            if read is not None and read.name == name:
+                with contextlib.suppress(Conflict):  # moved since it was read: read it again
+                    node = (await self._decide(read, event, actor=f"node:{name}"))[0]
+            if node is None:
+                node = (await self._change(name, event, actor=f"node:{name}"))[0]
         except Conflict:
             if self._metrics is not None:
                 self._metrics.callback(target, accepted=False)
