@@ -230,4 +230,8 @@ def test_a_fleet_walks_to_ready_in_waves() -> None:
     assert result["reached"]["ready"] == 10 and result["unfinished"] == 0, result
     assert result["inventory"] == {"nodes": 10, "states": {"ready": 10}}, result
     assert result["counts"].get("reidentified") == 10  # allocation rotated every token
+    # One command rolled them out; the limits held at every instant (bootd's event log).
+    assert [(r["state"], r["counts"].get("ready")) for r in result["rollouts"]] == [("done", 10)], result
+    e = result["events"]
+    assert 0 < e["slots_peak"] <= 3 and 0 < e["rack_slots_peak"] <= 2, e
     assert result["bootd_exit"] == 0

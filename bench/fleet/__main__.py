@@ -140,30 +140,49 @@ def rollouts_summary(config: Path) -> list[dict[str, Any]]:
 
 
 def heavy_peak(db: Path) -> dict[str, int]:
-    """Most nodes at once in the heavy states together and in each, replaying the event
-    log by node id (allocation renames nodes). Read-only, after the run."""
+    """Most install slots held at once, in all and per heavy state and in one rack,
+    replaying the event log in id order (the order of commits on SQLite): a slot starts
+    at the node's `admitted` event (message slot=STATE) and ends at its next move out of
+    that state, as tests/waves_check.py reads it. (A node allocated but not yet admitted
+    is in its heavy state without a slot: it boots the wait script.) Read-only, after
+    the run. Also the most nodes at once in the heavy states, slot or not."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        rows = con.execute("SELECT e.node_id, e.to_state, n.rack FROM events e LEFT JOIN nodes n "
-                           "ON n.id = e.node_id WHERE e.kind = 'transition' "
-                           "AND e.to_state IS NOT NULL ORDER BY e.id").fetchall()
+        rows = con.execute("SELECT e.node_id, e.kind, e.from_state, e.to_state, e.message, n.rack "
+                           "FROM events e LEFT JOIN nodes n ON n.id = e.node_id "
+                           "WHERE e.kind IN ('admitted', 'transition', 'timeout') ORDER BY e.id").fetchall()
     finally:
         con.close()
-    now: dict[str, set[int]] = {state: set() for state in HEAVY}
-    racks: dict[str | None, set[int]] = {}
-    peaks = {"heavy_peak": 0, "rack_peak": 0, **{f"{state}_peak": 0 for state in HEAVY}}
-    for node_id, to_state, rack in rows:
-        for state, members in now.items():
-            if to_state == state:
-                members.add(node_id)
-            else:
-                members.discard(node_id)
-            peaks[f"{state}_peak"] = max(peaks[f"{state}_peak"], len(members))
-        in_rack = racks.setdefault(rack, set())
-        (in_rack.add if to_state in HEAVY else in_rack.discard)(node_id)
-        peaks["rack_peak"] = max(peaks["rack_peak"], len(in_rack))
-        peaks["heavy_peak"] = max(peaks["heavy_peak"], sum(len(m) for m in now.values()))
-    return {**peaks, "transitions": len(rows)}
+    held: dict[int, tuple[str, str | None]] = {}  # node id -> (slot state, rack)
+    in_state: dict[int, str] = {}
+    peaks = {"slots_peak": 0, "rack_slots_peak": 0, "in_heavy_states_peak": 0,
+             **{f"{state}_slots_peak": 0 for state in HEAVY}}
+    transitions = 0
+    for node_id, kind, from_state, to_state, message, rack in rows:
+        if kind == "admitted":
+            if node_id not in held:
+                held[node_id] = (str(message).removeprefix("slot="), rack)
+        else:
+            transitions += kind == "transition"
+            slot = held.get(node_id)
+            if slot is not None and from_state == slot[0] and (
+                    (to_state is not None and to_state != slot[0]) or kind == "timeout"):
+                del held[node_id]
+            if to_state in HEAVY:
+                in_state[node_id] = to_state
+            elif to_state is not None:
+                in_state.pop(node_id, None)
+        peaks["slots_peak"] = max(peaks["slots_peak"], len(held))
+        peaks["in_heavy_states_peak"] = max(peaks["in_heavy_states_peak"], len(in_state))
+        for state in HEAVY:
+            n = sum(1 for s, _ in held.values() if s == state)
+            peaks[f"{state}_slots_peak"] = max(peaks[f"{state}_slots_peak"], n)
+        per_rack: dict[str | None, int] = {}
+        for _, r in held.values():
+            if r is not None:
+                per_rack[r] = per_rack.get(r, 0) + 1
+        peaks["rack_slots_peak"] = max([peaks["rack_slots_peak"], *per_rack.values()])
+    return {**peaks, "transitions": transitions}
 
 
 async def run_sim(client_ns: str, plan: dict[str, Any], config: Path, until: str) -> dict[str, Any]:
@@ -313,9 +332,11 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
           f"in problem {inv['states'].get('problem', 0)}")
     if r["until"] == "ready":
         e = r["events"]
-        print(f"heavy states at once, peak (event log): {e['heavy_peak']} (hardware-installing "
-              f"{e['hardware-installing_peak']}, installing {e['installing_peak']}), in one rack "
-              f"{e['rack_peak']}; [waves] max_global {args.max_global}, max_per_rack {args.max_per_rack}")
+        print(f"install slots held at once, peak (event log): {e['slots_peak']} (hardware-installing "
+              f"{e['hardware-installing_slots_peak']}, installing {e['installing_slots_peak']}), in one "
+              f"rack {e['rack_slots_peak']}; [waves] max_global {args.max_global}, max_per_rack "
+              f"{args.max_per_rack}; nodes in the heavy states at once (admitted or waiting) "
+              f"{e['in_heavy_states_peak']}")
         for ro in r.get("rollouts", []):
             print(f"rollout {ro['id']}: {ro['state']} ({ro['reason'] or '-'}); {ro['counts']}")
     print("machine counters: " + ", ".join(f"{k} {v}" for k, v in r["counts"].items()))
