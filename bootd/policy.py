@@ -293,7 +293,8 @@ class Policy:
         pending = self._pending.get(mac)
         if mac not in self._nodes and pending is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(pending.wait(), REGISTER_WAIT)
+                async with asyncio.timeout(REGISTER_WAIT):  # not wait_for: 3.11's can swallow a cancel
+                    await pending.wait()
         if not operator:  # the operator reads any script; only machines queue
             waiting = await self._wait(kind, mac, peer, f"grub/grub.cfg-01-{mac.replace(':', '-')}")
             if waiting is not None:
@@ -534,7 +535,8 @@ class Policy:
                 log.warning("cannot refresh the node directory", extra=kv(reason=str(exc)))
             # A committed change wakes us at once; another process's, within the poll.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), REFRESH_SECONDS)
+                async with asyncio.timeout(REFRESH_SECONDS):  # not wait_for: 3.11's can swallow a cancel
+                    await self._dirty.wait()
 
     async def close(self) -> None:
         # Registrations in flight are short transactions: let them finish (bounded)
