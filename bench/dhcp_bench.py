@@ -48,6 +48,22 @@ CLEAN_DROPS = 2.5
 LADDER_START = 500
 
 
+# bootd's DHCP as every DHCP bench runs it (bench/dhcp_cpu.py too): perfdhcp's relayed
+# clients get addresses from 198.19.0.0/16.
+DHCP_SECTIONS = textwrap.dedent("""\
+    [dhcp]
+    conflict_check = false
+    [[subnets]]
+    cidr = "198.18.0.0/24"
+    dynamic_pool = "198.18.0.100-198.18.0.200"
+    [[subnets]]
+    cidr = "198.19.0.0/16"
+    router = "198.19.0.1"
+    lease_time = 3600
+    dynamic_pool = "198.19.1.0-198.19.255.254"
+    """)
+
+
 def bootd_config(tmp: Path) -> Path:
     path = tmp / "bootd.toml"
     path.write_text(textwrap.dedent(f"""\
@@ -60,17 +76,7 @@ def bootd_config(tmp: Path) -> Path:
         tftp = false
         dns = false
         http = false
-        [dhcp]
-        conflict_check = false
-        [[subnets]]
-        cidr = "198.18.0.0/24"
-        dynamic_pool = "198.18.0.100-198.18.0.200"
-        [[subnets]]
-        cidr = "198.19.0.0/16"
-        router = "198.19.0.1"
-        lease_time = 3600
-        dynamic_pool = "198.19.1.0-198.19.255.254"
-        """))
+        """) + DHCP_SECTIONS)
     return path
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.dhcp_bench import DHCP_SECTIONS  # noqa: E402
 from bootd.config import parse_config  # noqa: E402
 from bootd.dhcp.decide import Ingress  # noqa: E402
 from bootd.dhcp.packet import parse  # noqa: E402
@@ -39,17 +40,7 @@ CONFIG = """
 [server]
 admin_address = "198.18.0.1"
 interfaces = ["eth0"]
-[dhcp]
-conflict_check = false
-[[subnets]]
-cidr = "198.18.0.0/24"
-dynamic_pool = "198.18.0.100-198.18.0.200"
-[[subnets]]
-cidr = "198.19.0.0/16"
-router = "198.19.0.1"
-lease_time = 3600
-dynamic_pool = "198.19.1.0-198.19.255.254"
-"""
+""" + DHCP_SECTIONS
 GIADDR = IPv4Address("198.19.0.2")
 SERVER = IPv4Address("198.18.0.1")
 

@@ -111,23 +111,18 @@ class AdmissionRows(Store):
     async def _read(self, s: AsyncSession, name: str, daemon: str, heavy: Collection[NodeState],
                     forget_after: float, now: datetime) -> _Read | None:
         """The node and every place, as an ask at `now` sees them; None: no heavy state."""
-        node = (await s.execute(
-            select(t.Node.id, t.Node.name, t.Node.state, t.Node.rack, t.Node.state_changed_at)
-            .where(t.Node.name == name.lower()))).first()
-        if node is None:
-            raise NotFound(f"no node named {name!r}")
-        node_id, node_name, state, rack, since = node
-        slot = slot_for(NodeState(state), heavy)
-        if slot is None:
+        fresh = await self._fresh_entry(s, name, daemon, heavy, now)
+        if fresh is None:
             return None
-        rollout = await self._active_rollout(s, node_id)
+        fresh_entry, slot = fresh
+        node_id, rack, rollout = fresh_entry.node_id, fresh_entry.rack, fresh_entry.rollout
         records = await self._records(s)
         live = [r for r in records if r.live]
         mine = next((r for r in live if r.entry.node_id == node_id and r.slot is slot), None)
         # A new place (first ask, or the last one was forgotten) or the one it keeps.
         new_place = mine is None or (not mine.admitted and forgotten(mine.entry, now, forget_after))
         if mine is None:
-            asker = Entry(node_id, node_name, rack, daemon, since, rollout, now)
+            asker = fresh_entry
         elif mine.admitted:
             asker = replace(mine.entry, asked_at=now)
         else:
@@ -159,18 +154,29 @@ class AdmissionRows(Store):
         """The place node `name` would take if it queued now, the slot and its rollout's
         gate, from the node's row alone (no lock, every place unread); None: no heavy state."""
         async with self._tx(write=False) as s:
-            node = (await s.execute(
-                select(t.Node.id, t.Node.name, t.Node.state, t.Node.rack, t.Node.state_changed_at)
-                .where(t.Node.name == name.lower()))).first()
-            if node is None:
-                raise NotFound(f"no node named {name!r}")
-            node_id, node_name, state, rack, since = node
-            slot = slot_for(NodeState(state), heavy)
-            if slot is None:
+            fresh = await self._fresh_entry(s, name, daemon, heavy, now)
+            if fresh is None:
                 return None
-            rollout = await self._active_rollout(s, node_id)
+            entry, slot = fresh
+            rollout = entry.rollout
             gate = (await self._gates(s, {rollout})).get(rollout) if rollout is not None else None
-            return Entry(node_id, node_name, rack, daemon, since, rollout, now), slot, gate
+            return entry, slot, gate
+
+    async def _fresh_entry(self, s: AsyncSession, name: str, daemon: str, heavy: Collection[NodeState],
+                           now: datetime) -> tuple[Entry, NodeState] | None:
+        """Node `name`'s place as a first ask at `now` would take it, and its slot; None:
+        its state is not heavy."""
+        node = (await s.execute(
+            select(t.Node.id, t.Node.name, t.Node.state, t.Node.rack, t.Node.state_changed_at)
+            .where(t.Node.name == name.lower()))).first()
+        if node is None:
+            raise NotFound(f"no node named {name!r}")
+        node_id, node_name, state, rack, since = node
+        slot = slot_for(NodeState(state), heavy)
+        if slot is None:
+            return None
+        rollout = await self._active_rollout(s, node_id)
+        return Entry(node_id, node_name, rack, daemon, since, rollout, now), slot
 
     async def enqueue(self, entry: Entry, slot: NodeState, now: datetime) -> bool:
         """A waiting place for a node that has none, without the lock (a waiting place

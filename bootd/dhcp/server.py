@@ -66,8 +66,6 @@ REFILL_IDLE = 1.0
 CONFLICT_QUARANTINE = 600.0
 
 
-
-
 @dataclass
 class _Stock:
     """Probed-free addresses of one dynamic pool, and how to probe more."""

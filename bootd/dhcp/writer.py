@@ -60,41 +60,35 @@ class LeaseWriter:
 
     async def _write(self) -> None:
         batch, self._queue = self._queue, []
-        if not batch:
-            return
-        try:
-            await self._repo.put_leases([record for record, _ in batch])
-        except BootdError as exc:
-            if len(batch) == 1:
-                # Not durable, so not promised: the client retransmits and is answered then.
-                self.failed += 1
-                if self._say(time.monotonic(), "lease-write"):
-                    log.error("lease write failed; reply withheld",
-                              extra=kv(ip=str(batch[0][0].ip), mac=batch[0][0].mac, reason=str(exc),
-                                       failed=self.failed))
+        if len(batch) > 1:
+            try:
+                await self._repo.put_leases([record for record, _ in batch])
+            except BootdError:
+                pass  # one bad row must not cost the whole batch its answers: row by row
+            else:
+                self._durable(batch)
                 return
-            # One bad row must not cost the whole batch its answers: row by row.
-            for item in batch:
-                await self._write_one(item)
-            return
-        self.batches += 1
-        for _, then in batch:
-            if then is not None:
-                then()
+        for item in batch:
+            await self._write_one(item)
 
     async def _write_one(self, item: tuple[LeaseRecord, Callable[[], object] | None]) -> None:
-        record, then = item
+        record, _ = item
         try:
             await self._repo.put_leases([record])
         except BootdError as exc:
+            # Not durable, so not promised: the client retransmits and is answered then.
             self.failed += 1
             if self._say(time.monotonic(), "lease-write"):
                 log.error("lease write failed; reply withheld",
                           extra=kv(ip=str(record.ip), mac=record.mac, reason=str(exc), failed=self.failed))
             return
+        self._durable([item])
+
+    def _durable(self, batch: Sequence[tuple[LeaseRecord, Callable[[], object] | None]]) -> None:
         self.batches += 1
-        if then is not None:
-            then()
+        for _, then in batch:
+            if then is not None:
+                then()
 
     async def flush(self) -> None:
         if self._current is not None and not self._current.done():
