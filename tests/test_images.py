@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from bootd.images.build import _modinfo_depends
+from bootd.images.build import _modinfo_aliases, _modinfo_depends
 from bootd.images.cpio import archive
 
 
@@ -38,3 +38,12 @@ def test_module_dependencies_read_from_modinfo(tmp_path: Path) -> None:
     assert _modinfo_depends(ko) == ["net_failover", "virtio_ring"]
     ko.write_bytes(b"\0depends=\0")
     assert _modinfo_depends(ko) == []
+
+
+def test_module_aliases_read_from_modinfo(tmp_path: Path) -> None:
+    ko = tmp_path / "virtio_net.ko"
+    ko.write_bytes(b"\x7fELF\0alias=virtio:d00000001v*\0depends=virtio_ring\0alias=pci:v00001AF4d*\0"
+                   b"alias=virtio:d00000001v*\0")
+    assert _modinfo_aliases(ko) == ["pci:v00001AF4d*", "virtio:d00000001v*"]  # sorted, once each
+    ko.write_bytes(b"\0license=GPL\0")
+    assert _modinfo_aliases(ko) == []

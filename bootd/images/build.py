@@ -3,8 +3,9 @@
 Kernel: the Debian kernel linux-image-amd64 points at. Userland: busybox-static,
 ipmitool, dmidecode and ethtool with exactly the shared libraries they load
 (found with ldd against the unpacked packages), the NIC, disk and IPMI modules a
-server needs (with everything they depend on, read from each module's
-.modinfo), and bootd's agent as /init (bootd/images/agent.sh, package data read
+server needs (with everything they depend on and the device aliases they claim,
+read from each module's .modinfo, so the agent loads only the drivers of the
+devices present), and bootd's agent as /init (bootd/images/agent.sh, package data read
 with importlib.resources, so a wheel install builds the same image). Packages are fetched
 with `apt-get download` into a cache and unpacked with dpkg-deb, never
 installed. The initramfs is written reproducibly (bootd.images.cpio).
@@ -41,6 +42,10 @@ MODULES = [
     # the BMC from the host side (ipmitool's "open" interface)
     "ipmi_si", "ipmi_devintf", "ipmi_ssif",
 ]
+# Loaded on every machine, whatever its devices: ipmitool's /dev/ipmi0 (no device alias
+# names it) and SCSI disks (their scsi:t-0x00 devices appear after an asynchronous
+# bus scan, later than the agent's coldplug passes may look).
+ALWAYS = ["ipmi_devintf", "sd_mod"]
 DEVICES = {"dev/console": (0o600, 5, 1), "dev/null": (0o666, 1, 3), "dev/tty": (0o666, 5, 0)}
 
 
@@ -113,8 +118,14 @@ def _modinfo_depends(path: Path) -> list[str]:
     return m.group(1).decode().split(",")
 
 
+def _modinfo_aliases(path: Path) -> list[str]:
+    """The device patterns a module claims (modinfo's alias= entries, as depmod reads them)."""
+    return sorted({m.decode() for m in re.findall(rb"\0alias=([^\0]+)", b"\0" + path.read_bytes())})
+
+
 def copy_modules(kernel_root: Path, version: str, dest: Path, wanted: list[str]) -> list[str]:
-    """Copy `wanted` and their dependencies; write modules.dep for busybox modprobe."""
+    """Copy `wanted` and their dependencies; write modules.dep and modules.alias for
+    busybox modprobe (the agent loads modules by the aliases of the devices present)."""
     base = kernel_root / "lib" / "modules" / version
     by_name = {p.name.removesuffix(".ko").replace("-", "_"): p
                for p in (base / "kernel").rglob("*.ko")}
@@ -143,7 +154,7 @@ def copy_modules(kernel_root: Path, version: str, dest: Path, wanted: list[str])
         visit(name)
         return list(reversed(order))
 
-    lines = []
+    lines, aliases = [], []
     for name, path in sorted(chosen.items()):
         rel = path.relative_to(base)
         target = dest / "lib" / "modules" / version / rel
@@ -151,7 +162,9 @@ def copy_modules(kernel_root: Path, version: str, dest: Path, wanted: list[str])
         shutil.copy2(path, target)
         deps = [str(chosen[d].relative_to(base)) for d in closure(name)]
         lines.append(f"{rel}: {' '.join(deps)}".rstrip())
+        aliases += [f"alias {pattern} {name}" for pattern in _modinfo_aliases(path)]
     (dest / "lib" / "modules" / version / "modules.dep").write_text("\n".join(lines) + "\n")
+    (dest / "lib" / "modules" / version / "modules.alias").write_text("\n".join(aliases) + "\n")
     return sorted(chosen)
 
 
@@ -221,7 +234,9 @@ def build_discovery(output: Path, cache: Path) -> Result:
         init = root / "init"
         init.write_bytes(agent)
         init.chmod(0o755)
-        (root / "etc" / "bootd-image").write_text(f"kernel={version}\nmodules={' '.join(modules)}\n")
+        (root / "etc" / "bootd-image").write_text(
+            f"kernel={version}\nmodules={' '.join(modules)}\n"
+            f"always={' '.join(m for m in ALWAYS if m in modules)}\n")
         image = archive(root, mtime=0, devices=DEVICES)
     output.mkdir(parents=True, exist_ok=True)
     kernel_out, initrd_out = output / "vmlinuz", output / "initrd.img"
