@@ -113,10 +113,13 @@ def encode_tlvs(items: Iterable[tuple[int, bytes]]) -> bytes:
     """Options as bytes, values over 255 octets split into instances (RFC 3396 section 6)."""
     out = bytearray()
     for code, value in items:
-        if not value:
-            out += bytes((code, 0))
+        size = len(value)
+        if size <= 255:  # nearly every option: one instance, no slicing (the reply hot path)
+            out.append(code)
+            out.append(size)
+            out += value
             continue
-        for start in range(0, len(value), 255):
+        for start in range(0, size, 255):
             chunk = value[start : start + 255]
             out += bytes((code, len(chunk))) + chunk
     return bytes(out)
