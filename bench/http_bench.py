@@ -18,8 +18,8 @@ the timed rows, each file is fetched once and its SHA-256 compared, and one
 Range request is checked, so a fast server that serves the wrong bytes fails.
 MB/s is 10^6 bytes of file content over the client's wall time; the table
 shows medians over --runs runs and bootd's ratio to nginx. The client is
-fast enough when its core is not busy while nginx saturates the server core
-(--cpu prints both cores' use per row).
+fast enough when its core is not busy while nginx saturates the server core;
+each row prints the server's CPU seconds per GB (or per 1,000 requests).
 
 nginx is not installed as a service (Debian's nginx-common would start one on
 port 80 of the real interfaces): its .deb is unpacked into .cache/bench/nginx

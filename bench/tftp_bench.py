@@ -146,8 +146,30 @@ def fetch_script(out: Path, row: Row) -> str:
         """)
 
 
-def run_row(client: Any, tmp: Path, row: Row, size: int, digest: str) -> tuple[float, int]:
-    """MB/s of intact content, and how many transfers failed or delivered the wrong bytes."""
+def core_times() -> dict[str, tuple[int, int]]:
+    """(busy, total) jiffies of the server's and the client's core, from /proc/stat."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name in (f"cpu{SERVER_CORE}", f"cpu{CLIENT_CORE}"):
+            values = [int(v) for v in fields]
+            out[name] = (sum(values) - values[3] - values[4], sum(values))  # less idle and iowait
+    return out
+
+
+def busy(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> str:
+    """Each core's busy share between two core_times(): a row whose client core is at 100 %
+    measures the client (atftp is one process per transfer), not the server."""
+    parts = []
+    for role, core in (("server", SERVER_CORE), ("client", CLIENT_CORE)):
+        (b0, t0), (b1, t1) = before[f"cpu{core}"], after[f"cpu{core}"]
+        parts.append(f"{role} core {100 * (b1 - b0) / max(t1 - t0, 1):3.0f} %")
+    return ", ".join(parts)
+
+
+def run_row(client: Any, tmp: Path, row: Row, size: int, digest: str) -> tuple[float, int, str]:
+    """MB/s of intact content, how many transfers failed or delivered the wrong bytes, and
+    how busy both cores were."""
     out = tmp / "client"
     subprocess.run(["rm", "-rf", str(out)], check=True)
     out.mkdir()
@@ -155,7 +177,9 @@ def run_row(client: Any, tmp: Path, row: Row, size: int, digest: str) -> tuple[f
     script.write_text(fetch_script(out, row))
     if os.environ.get("BENCH_NSTAT"):
         client.run("nstat", "-n")
+    cores = core_times()
     res = client.run("taskset", "-c", CLIENT_CORE, "sh", str(script), check=False, timeout=900)
+    load = busy(cores, core_times())
     if os.environ.get("BENCH_NSTAT"):
         print(client.run("nstat", "-a", "Udp*", "Ip*Discard*", "Icmp*").stdout, file=sys.stderr)
     if res.returncode != 0:
@@ -166,7 +190,7 @@ def run_row(client: Any, tmp: Path, row: Row, size: int, digest: str) -> tuple[f
         if f.exists() and f.stat().st_size == size and hashlib.sha256(f.read_bytes()).hexdigest() == digest:
             good += 1
     seconds = int(res.stdout.strip().splitlines()[-1]) / 1e9
-    return size * good / seconds / 1e6, row.count - good
+    return size * good / seconds / 1e6, row.count - good, load
 
 
 def profile(pid: int, folder: Path, run: int) -> subprocess.Popen[bytes]:
@@ -224,10 +248,10 @@ def main() -> int:
                 spy = profile(proc.pid, args.profile, run) if args.profile and kind == "bootd" else None
                 try:
                     for row in rows:
-                        mbs, failed = run_row(client, tmp, row, lengths[row.name], digests[row.name])
+                        mbs, failed, load = run_row(client, tmp, row, lengths[row.name], digests[row.name])
                         results.setdefault((kind, row.label), []).append(mbs)
                         failures[(kind, row.label)] = failures.get((kind, row.label), 0) + failed
-                        print(f"run {run + 1} {kind:10} {row.label:34} {mbs:8.1f} MB/s"
+                        print(f"run {run + 1} {kind:10} {row.label:34} {mbs:8.1f} MB/s  ({load})"
                               + (f"  {failed} failed" if failed else ""), file=sys.stderr, flush=True)
                 finally:
                     if spy is not None:

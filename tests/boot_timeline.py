@@ -39,7 +39,9 @@ _PAYLOAD = "tcp[((tcp[12:1] & 0xf0) >> 2):4]"
 FILTER = (f"udp port 67 or udp port 68 or udp dst port 69 or (tcp port {HTTP_PORT} and ("
           + " or ".join(f"{_PAYLOAD} = {v:#x}" for v in (0x47455420, 0x504F5354, 0x48454144, 0x48545450))
           + "))")
-SERIAL_MARKS = {"Linux version": "kernel: first console line", "Run /init": "kernel: runs /init",
+# iPXE's own lines reach the serial console only through UEFI's console (OVMF mirrors it).
+SERIAL_MARKS = {"iPXE initialising devices": "iPXE: starts", "Configuring (net": "iPXE: configures the NIC",
+                "Linux version": "kernel: first console line", "Run /init": "kernel: runs /init",
                 "bootd-agent": "agent: first console line"}
 
 
