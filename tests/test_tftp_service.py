@@ -212,6 +212,46 @@ async def test_transfers_per_client_are_limited(start: Start) -> None:
     assert service.tables()["per_client"] == 0
 
 
+async def read_on(sock: socket.socket, port: int, rrq: bytes) -> bytes:
+    """A whole lockstep read (no options) from one client socket; its content."""
+    sock.sendto(rrq, (HOST, port))
+    got = bytearray()
+    while True:
+        packet, peer = await receive(sock)
+        assert isinstance(packet, p.Data), packet
+        got += packet.data
+        sock.sendto(p.ack(packet.block), peer)
+        if len(packet.data) < 512:
+            return bytes(got)
+
+
+async def test_a_request_repeated_from_the_same_port_is_served_at_once(
+        start: Start, caplog: pytest.LogCaptureFixture) -> None:
+    """A new client that drew the port of a transfer that just completed, with the same
+    request (bench/tftp: a few in each run of 500 atftp at once), gets its file now, not
+    after its retransmission timeout; a repeat that nobody takes ends as declined, quietly."""
+    service = await start()
+    rrq = p.request(p.Opcode.RRQ, "undionly.kpxe")
+    content = (service.files.root / "undionly.kpxe").read_bytes()
+    with client() as sock:
+        assert await read_on(sock, service.port, rrq) == content
+        await settle(service)
+        assert service.counters["complete"] == 1
+        assert await read_on(sock, service.port, rrq) == content  # within STALE_REQUEST_WINDOW
+        await settle(service)
+        assert service.counters["complete"] == 2
+        # The old client's late retransmission: its port closes without taking the transfer.
+        caplog.set_level(logging.DEBUG, logger="bootd.tftp")
+        sock.sendto(rrq, (HOST, service.port))
+        first, _ = await receive(sock)
+        assert first == p.Data(1, content[:512])
+    await settle(service)
+    counters = service.counters
+    assert (counters["complete"], counters["declined"], counters["failed"]) == (2, 1, 0)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert service.tables()["per_client"] == 0
+
+
 async def test_refusals_are_logged_once_per_reason_whatever_the_peer_chose(
         start: Start, caplog: pytest.LogCaptureFixture) -> None:
     service = await start()

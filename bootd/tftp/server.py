@@ -17,7 +17,8 @@ loading at once, at most max_per_client per client address, each ending
 after (retries + 1) x timeout without progress (session.py clamps the
 client's timeout option). Every table here is keyed by a running or loading
 transfer, except the recently completed requests, which live STALE_REQUEST_WINDOW
-seconds and are capped at max_transfers. Refusals are counted per reason and
+seconds and are capped at max_transfers (a request repeated within that window is
+served all the same, but quietly: see request()). Refusals are counted per reason and
 logged once per reason per minute, failed transfers at most FAILED_LINES a
 minute (refusals.py): nothing is keyed by what a peer chose.
 """
@@ -93,6 +94,7 @@ class TftpService:
         # retransmitted RRQ from port 69 only after the transfer it asked for ended.
         # Keyed by a digest: a request may be a 64 KiB datagram of options.
         self._recent: OrderedDict[tuple[Peer, bytes], float] = OrderedDict()
+        self._repeats: set[Peer] = set()  # running or loading transfers that answer such a repeat
         self.refusals = RefusalLog()
         self._failed_lines = LineBudget()
         self.counters = {"requests": 0, "started": 0, "complete": 0, "declined": 0, "failed": 0,
@@ -168,8 +170,14 @@ class TftpService:
         if isinstance(decision, Refuse):
             self._refuse(local, peer, decision)
             return
-        if self._recent and self._stale(peer, data):
-            return
+        # The same request from the same port as a transfer that just completed is
+        # either that client's late retransmission or a new client that drew the same
+        # ephemeral port (500 atftp at once from one address: a few per run). Ignoring
+        # it stalls the new client for its whole retransmission timeout (seconds,
+        # measured in bench/tftp); so serve it, as tftpd-hpa serves every request, and
+        # if nobody takes it (the old client answers error 5 or its port is closed:
+        # RFC 1350 section 4, an unknown TID) end it as declined, without a warning.
+        repeat = bool(self._recent) and self._just_completed(peer, data)
         if peer in self.transfers or peer in self._pending:
             # The client repeated its request before our first answer reached it;
             # the running transfer retransmits on its own timer. A second transfer
@@ -185,6 +193,8 @@ class TftpService:
                 Reason.CLIENT_LIMIT, f"too many transfers from {peer[0]} at once, try again", name))
             return
         self._pending.add(peer)
+        if repeat:
+            self._repeats.add(peer)
         self._per_client[peer[0]] = self._per_client.get(peer[0], 0) + 1
         task = asyncio.get_running_loop().create_task(self._serve(local, peer, decision, data))
         self._tasks.add(task)
@@ -197,6 +207,7 @@ class TftpService:
         finally:
             self._pending.discard(peer)
             if not started:
+                self._repeats.discard(peer)
                 self._release(peer[0])
 
     async def _start(self, local: str, peer: Peer, accept: Accept, raw: bytes) -> bool:
@@ -238,7 +249,7 @@ class TftpService:
         else:
             self._per_client.pop(address, None)
 
-    def _stale(self, peer: Peer, data: bytes) -> bool:
+    def _just_completed(self, peer: Peer, data: bytes) -> bool:
         now = time.monotonic()
         while self._recent:
             key, when = next(iter(self._recent.items()))
@@ -252,18 +263,20 @@ class TftpService:
             del self.transfers[transfer.peer]
             self._release(transfer.peer[0])
         session = transfer.session
+        repeat = transfer.peer in self._repeats
+        self._repeats.discard(transfer.peer)
         if session.complete:
             self._recent[(transfer.peer, _digest(transfer.request))] = time.monotonic()
             while len(self._recent) > self.config.tftp.max_transfers:
                 self._recent.popitem(last=False)
         self.counters["bytes"] += session.bytes_sent
-        kind = "failed" if not done.ok else "complete" if session.complete else "declined"
+        kind = "complete" if session.complete else "declined" if done.ok or repeat else "failed"
         self.counters[kind] += 1
         self.policy.fetched(IPv4Address(transfer.peer[0]), "tftp",
                             f"{transfer.name}: {kind}, {session.bytes_sent} bytes")
         if self._metrics is not None:
             self._metrics.tftp_transfer(kind, transfer.loop.time() - transfer.started)
-        if done.ok:
+        if done.ok or repeat:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("transfer " + kind, extra=kv(
                     peer=f"{transfer.peer[0]}:{transfer.peer[1]}", file=transfer.name, reason=done.reason,
