@@ -234,10 +234,10 @@ def test_serve_warns_about_missing_loaders(tmp_path: Path) -> None:
     bootd = Bootd(cfg).start()
     bootd.close()
     lines = [x for x in bootd.stderr.splitlines() if "boot loader missing" in x]
-    assert len(lines) == 2, bootd.stderr  # undionly.kpxe and ipxe.efi (no ia32/arm64 loader by default)
+    assert len(lines) == 2, bootd.stderr  # undionly.kpxe and snponly.efi (no ia32/arm64 loader by default)
     assert any(f"file={state / 'tftp' / 'undionly.kpxe'} key=boot.bios" in x
                and 'fix="run `bootd images bootloaders`"' in x for x in lines), lines
-    assert any(f"file={state / 'tftp' / 'ipxe.efi'} key=boot.uefi_x64" in x for x in lines), lines
+    assert any(f"file={state / 'tftp' / 'snponly.efi'} key=boot.uefi_x64" in x for x in lines), lines
 
 
 @pytest.fixture
@@ -255,11 +255,11 @@ async def test_http_boot_loads_the_copy_tftp_serves(http: tuple[TestClient, Conf
     install(config.tftp_root, FakePackages(tmp_path / "pkgs"))
     answer = Policy(config).boot(BootClient("52:54:00:00:00:01", Firmware.HTTP, Arch.EFI_X64_HTTP))
     assert answer is not None
-    assert answer.filename == f"{config.http_base}/tftp/ipxe.efi"
+    assert answer.filename == f"{config.http_base}/tftp/snponly.efi"
     assert answer.vendor_class == b"HTTPClient"
-    res = await client.get("/tftp/ipxe.efi")
+    res = await client.get("/tftp/snponly.efi")
     assert res.status == 200
-    assert await res.read() == (config.tftp_root / "ipxe.efi").read_bytes()
+    assert await res.read() == (config.tftp_root / "snponly.efi").read_bytes()
     # Range, as for images (shim then loads grubx64.efi from the same directory).
     res = await client.get("/tftp/grubx64.efi", headers={"Range": "bytes=0-3"})
     assert (res.status, await res.read()) == (206, (config.tftp_root / "grubx64.efi").read_bytes()[:4])

@@ -218,10 +218,10 @@ def test_known_node_gets_reserved_address_and_name(lab: Lab, server: Callable[..
 
 @pytest.mark.parametrize(("args", "file", "vendor"), [
     (["--vendor", "PXEClient:Arch:00000:UNDI:002001"], "undionly.kpxe", None),
-    (["--vendor", "PXEClient:Arch:00007:UNDI:003000", "--arch", "7"], "ipxe.efi", None),
+    (["--vendor", "PXEClient:Arch:00007:UNDI:003000", "--arch", "7"], "snponly.efi", None),
     (["--vendor", "PXEClient:Arch:00011:UNDI:003000", "--arch", "11"], "ipxe-arm64.efi", None),
     (["--vendor", "HTTPClient:Arch:00016:UNDI:003000", "--arch", "16"],
-     "http://198.18.0.1:8080/tftp/ipxe.efi", "HTTPClient"),
+     "http://198.18.0.1:8080/tftp/snponly.efi", "HTTPClient"),
     (["--vendor", "PXEClient:Arch:00000:UNDI:002001", "--user-class", "iPXE"],
      "http://198.18.0.1:8080/boot/ipxe?mac={mac}", None),
 ])

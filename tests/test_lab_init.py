@@ -91,7 +91,7 @@ def test_init_without_the_archive_still_writes_the_config(lab: Lab, tmp_path: Pa
                   str(tmp_path / "state"), "--cache", str(tmp_path / "empty-cache"), cwd=REPO, timeout=300)
     load_config(out)
     installed = {x.name for x in LOADERS if DebianPackages(CACHE).get(x.package).origin is Origin.INSTALLED}
-    assert {"undionly.kpxe", "ipxe.efi"} <= installed  # scripts/setup installs ipxe
+    assert {"undionly.kpxe", "snponly.efi", "ipxe.efi"} <= installed  # scripts/setup installs ipxe
     assert set(read_manifest(tmp_path / "state" / "tftp")) == installed
     for name in {x.name for x in LOADERS} - installed:
         assert f"bootd: warning: {name} not installed: " in res.stderr

@@ -86,7 +86,7 @@ class Vm:
         firmware: list[str] = []
         nic_rom = ""
         if uefi:
-            # OVMF's own PXE (no iPXE option ROM on the NIC): it fetches ipxe.efi by TFTP.
+            # OVMF's own PXE (no iPXE option ROM on the NIC): it fetches snponly.efi by TFTP.
             vars_copy = tmp / f"vm{index}.vars.fd"
             vars_copy.write_bytes(OVMF_VARS.read_bytes())
             firmware = ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
@@ -198,13 +198,13 @@ def discovered_with_inventory(bootd: Bootd, vm: Vm, path: str) -> dict[str, Any]
     return inv
 
 
-def test_uefi_vm_reaches_discovered_through_ipxe_efi(lab: Lab, rack: Callable[..., Bootd],
+def test_uefi_vm_reaches_discovered_through_snponly_efi(lab: Lab, rack: Callable[..., Bootd],
                                                       tmp_path: Path, timeline: Timeline) -> None:
     bootd = rack()
     vm = Vm(lab, tmp_path, 5, uefi=True, timeline=timeline)  # no iPXE ROM on the NIC: OVMF's own PXE
-    inv = discovered_with_inventory(bootd, vm, "OVMF PXE -> installed ipxe.efi (TFTP)")
+    inv = discovered_with_inventory(bootd, vm, "OVMF PXE -> installed snponly.efi (TFTP)")
     assert inv["system"]["product"]  # DMI from OVMF's SMBIOS tables
-    assert tftp_complete(bootd) >= 1  # ipxe.efi, fetched by OVMF's own PXE
+    assert tftp_complete(bootd) >= 1  # snponly.efi, fetched by OVMF's own PXE
 
 
 def test_legacy_pxelinux_vm_reaches_discovered_over_tftp(lab: Lab, rack: Callable[..., Bootd],
@@ -222,7 +222,7 @@ def test_legacy_pxelinux_vm_reaches_discovered_over_tftp(lab: Lab, rack: Callabl
 
 def test_uefi_http_boot_from_bootd_init(lab: Lab, images: Path, tmp_path: Path, timeline: Timeline) -> None:
     """A fresh box: `bootd init` on the lab's interface and `bootd serve` as it wrote them; an
-    OVMF VM with no PXE and no iPXE ROM boots by UEFI HTTP boot the ipxe.efi init installed,
+    OVMF VM with no PXE and no iPXE ROM boots by UEFI HTTP boot the snponly.efi init installed,
     from the TFTP root's copy (HTTP /tftp/), and reaches discovered with no TFTP at all."""
     srv: Host = lab.add_host("srv", f"{SERVER}/24")
     ipv6_on(srv)
@@ -232,12 +232,12 @@ def test_uefi_http_boot_from_bootd_init(lab: Lab, images: Path, tmp_path: Path, 
         DebianPackages(CACHE).get(package)
     init = srv.run(sys.executable, "-m", "bootd", "init", "--interface", "eth0", "--output", str(config),
                    "--state-dir", str(state), "--cache", str(CACHE), cwd=REPO, timeout=600)
-    assert "ipxe.efi: installed (ipxe " in init.stdout
+    assert "snponly.efi: installed (ipxe " in init.stdout
     link_images(images, state / "tftp")
     bootd = Bootd(config, srv.cmd()).start()
     try:
         vm = Vm(lab, tmp_path, 7, uefi=True, http_boot=True, timeline=timeline)
-        inv = discovered_with_inventory(bootd, vm, "OVMF UEFI HTTP boot -> installed ipxe.efi (HTTP /tftp/)")
+        inv = discovered_with_inventory(bootd, vm, "OVMF UEFI HTTP boot -> snponly.efi (HTTP /tftp/)")
         assert inv["system"]["product"]
         assert tftp_complete(bootd) == 0  # the loader came by HTTP; iPXE fetched the rest by HTTP
     finally:

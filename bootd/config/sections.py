@@ -101,7 +101,10 @@ class BootConfig:
     """First-stage loaders by firmware, paths under the TFTP root."""
 
     bios: str = "undionly.kpxe"
-    uefi_x64: str = "ipxe.efi"
+    # iPXE on the firmware's own network driver (SNP), which UEFI network boot
+    # always has: ipxe.efi first binds its native drivers to every NIC, ~4 s
+    # more before its DHCP under OVMF (tests/test_vm_lab.py timelines).
+    uefi_x64: str = "snponly.efi"
     # "": none. Debian packages iPXE for x86-64 and BIOS only, so bootd cannot
     # install these; set them to a loader you put under the TFTP root.
     uefi_ia32: str = ""
